@@ -1,0 +1,53 @@
+"""im2colbp: N-d convolution lowered to im2col + GEMM, with every gradient.
+
+Forward ``y = W · im2col(x) + b``; backward ``dW = δ · im2col(x)ᵀ``,
+``dx = col2im(Wᵀ · δ)``, ``db = Σ δ``. PyTorch-compatible arguments, any
+spatial rank, groups, stride, dilation, every padding form and mode.
+"""
+
+from .conv import (
+    ConvContext,
+    ConvGrads,
+    conv,
+    conv_backward,
+    conv_forward,
+    conv_grad_bias,
+    conv_grad_input,
+    conv_grad_weight,
+    conv_transpose,
+    conv_transpose_backward,
+    conv_transpose_forward,
+)
+from .geometry import PADDING_MODES, ConvGeometry, WindowGeometry
+from .lowering import col2im, im2col
+from .workspace import (
+    DEFAULT_WORKSPACE_LIMIT,
+    get_workspace_limit,
+    set_workspace_limit,
+    workspace_limit,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvContext",
+    "ConvGeometry",
+    "ConvGrads",
+    "DEFAULT_WORKSPACE_LIMIT",
+    "PADDING_MODES",
+    "WindowGeometry",
+    "col2im",
+    "conv",
+    "conv_backward",
+    "conv_forward",
+    "conv_grad_bias",
+    "conv_grad_input",
+    "conv_grad_weight",
+    "conv_transpose",
+    "conv_transpose_backward",
+    "conv_transpose_forward",
+    "get_workspace_limit",
+    "im2col",
+    "set_workspace_limit",
+    "workspace_limit",
+]

@@ -1,0 +1,681 @@
+"""Convolution, its gradients and transposed convolution, lowered to GEMMs.
+
+Per sample n and group g, with ``cols = im2col(x)`` laid out channel-major,
+``(C_in/G * prod(K), L)`` per group, and ``W_g`` the group's filters as a
+``(C_out/G, C_in/G * prod(K))`` matrix::
+
+    forward            y[n, g]  = W_g · cols[n, g]            (+ b)
+    weight gradient    dW_g    += δ[n, g] · cols[n, g]ᵀ        (summed over n)
+    input gradient     dx[n]    = col2im(W_gᵀ · δ[n, g])       (scatter-add)
+    bias gradient      db       = Σ_{n, o} δ[n, :, o]
+
+(The row-major textbook form ``Y = X_col·W`` is the same product transposed;
+keeping columns per sample avoids transposing y and δ.)
+
+A transposed convolution *is* the input gradient of a convolution, so it runs
+the same code with the roles of x and δ exchanged:
+
+    conv_transpose(x, w)        = conv_grad_input(δ=x, w)
+    its input gradient          = conv(δ_t, w)       (cropped to x's size)
+    its weight gradient         = conv_grad_weight(δ=x, x=δ_t)
+
+Every pass goes through :func:`_lowered_pass`, which walks the batch in chunks
+whose columns fit the workspace limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from .geometry import (
+    ConvGeometry,
+    as_float_array,
+    check_array_shape,
+    conv_geometry,
+    conv_transpose_geometry,
+    result_dtype,
+)
+from .lowering import col2im_add, columns_nbytes, im2col_into, pad_into, unpad_add
+from .workspace import chunk_slices, get_workspace_limit, samples_per_chunk
+
+__all__ = [
+    "ConvGrads",
+    "ConvContext",
+    "conv",
+    "conv_forward",
+    "conv_backward",
+    "conv_grad_input",
+    "conv_grad_weight",
+    "conv_grad_bias",
+    "conv_transpose",
+    "conv_transpose_forward",
+    "conv_transpose_backward",
+]
+
+_WRT = ("input", "weight", "bias")
+
+
+class ConvGrads(NamedTuple):
+    """Gradients of a (transposed) convolution; a field is None when not requested."""
+
+    input: Optional[np.ndarray]
+    weight: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ConvContext:
+    """What backward needs from forward.
+
+    ``x`` and ``weight`` are held by reference (not copied): modifying them
+    between forward and backward changes the gradients.
+    ``cols`` holds the column matrix when it fitted the workspace limit.
+    """
+
+    geometry: ConvGeometry
+    x: np.ndarray
+    weight: np.ndarray
+    has_bias: bool
+    transposed: bool
+    cols: Optional[np.ndarray] = None
+
+
+# --------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------
+def _lowered_pass(
+    geometry: ConvGeometry,
+    dtype: np.dtype,
+    *,
+    source: Optional[np.ndarray] = None,
+    cached_cols: Optional[np.ndarray] = None,
+    weight: Optional[np.ndarray] = None,
+    delta: Optional[np.ndarray] = None,
+    product: bool = False,
+    weight_grad: bool = False,
+    scatter: bool = False,
+    keep_cols: bool = False,
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """One pass over the batch in workspace-sized chunks.
+
+    All arrays are batched and already of ``dtype``:
+    ``source`` (N, C_in, *I) is the array whose columns are needed (or
+    ``cached_cols`` (N, C_in*prod(K), L) holds them); ``weight`` (C_out, C_in/G, *K);
+    ``delta`` (N, C_out, *O).
+
+    Returns ``(product, weight_grad, scatter, kept_cols)``:
+
+    - product ``W · cols`` -> (N, C_out, *O)
+    - weight_grad ``Σ_n δ · colsᵀ`` -> (C_out, C_in/G, *K)
+    - scatter ``col2im(Wᵀ · δ)`` -> (N, C_in, *I)
+    - kept_cols: the whole batch's columns when ``keep_cols`` and they fit.
+    """
+    window = geometry.window
+    batch, groups = geometry.batch, geometry.groups
+    c_in, c_out = geometry.in_channels, geometry.out_channels
+    rows_g = c_in // groups * window.kernel_volume  # rows of one group's column matrix
+    filters_g = c_out // groups
+    positions = window.out_volume  # L
+    need_cols = product or weight_grad
+    pointwise = window.is_pointwise
+
+    if weight is not None:
+        w_groups = weight.reshape(groups, filters_g, rows_g)  # (G, C_out/G, C_in/G·∏K)
+        w_groups_t = w_groups.transpose(0, 2, 1)  # (G, C_in/G·∏K, C_out/G)
+
+    y = np.empty((batch, c_out) + window.out_size, dtype=dtype) if product else None
+    dw = np.zeros((groups, filters_g, rows_g), dtype=dtype) if weight_grad else None
+    dx = np.empty((batch, c_in) + window.in_size, dtype=dtype) if scatter else None
+
+    # Buffers: columns built from `source`, and columns scattered into dx.
+    build = need_cols and cached_cols is None and not pointwise
+    scatter_buffer = scatter and not pointwise
+    per_sample = columns_nbytes(window, c_in, dtype.itemsize)
+    buffers = int(build) + int(scatter_buffer and not build)  # scatter reuses the build buffer
+    chunk = samples_per_chunk(batch, per_sample * max(buffers, 1), get_workspace_limit())
+    keep = keep_cols and build and chunk >= batch and batch > 0
+
+    cols_buffer = None
+    if build or scatter_buffer:
+        cols_buffer = np.empty((chunk, c_in) + window.kernel_size + window.out_size, dtype=dtype)
+    padded_buffer = None
+    if (build and window.is_padded) or scatter_buffer:
+        # zeros: 'zeros' padding relies on the border staying zero across chunks
+        padded_buffer = np.zeros((chunk, c_in) + window.padded_size, dtype=dtype)
+
+    for part in chunk_slices(batch, chunk):
+        n = part.stop - part.start
+        cols = None
+        if need_cols:
+            if cached_cols is not None:
+                cols = cached_cols[part].reshape(n, groups, rows_g, positions)
+            elif pointwise:
+                cols = source[part].reshape(n, groups, rows_g, positions)
+            else:
+                if window.is_padded:
+                    pad_into(source[part], window, padded_buffer[:n])
+                    padded = padded_buffer[:n]
+                else:
+                    padded = source[part]
+                im2col_into(padded, window, cols_buffer[:n])
+                cols = cols_buffer[:n].reshape(n, groups, rows_g, positions)
+        if product:
+            # (G, F, R) @ (n, G, R, L) -> (n, G, F, L)
+            np.matmul(w_groups, cols, out=y[part].reshape(n, groups, filters_g, positions))
+        if weight_grad:
+            delta_g = delta[part].reshape(n, groups, filters_g, positions)
+            for sample in range(n):
+                # (G, F, L) @ (G, L, R) -> (G, F, R)
+                dw += np.matmul(delta_g[sample], cols[sample].transpose(0, 2, 1))
+        if scatter:
+            delta_g = delta[part].reshape(n, groups, filters_g, positions)
+            if pointwise:
+                np.matmul(w_groups_t, delta_g, out=dx[part].reshape(n, groups, rows_g, positions))
+            else:
+                # (G, R, F) @ (n, G, F, L) -> (n, G, R, L): the columns of dx
+                dcols = cols_buffer[:n]
+                np.matmul(w_groups_t, delta_g, out=dcols.reshape(n, groups, rows_g, positions))
+                grad_padded = padded_buffer[:n]
+                grad_padded[...] = 0
+                col2im_add(dcols, window, grad_padded)
+                dx[part] = unpad_add(grad_padded, window)
+                if window.padding_mode == "zeros" and window.is_padded:
+                    grad_padded[...] = 0  # keep the zero-border invariant for the next build
+
+    kept = None
+    if keep:
+        kept = cols_buffer.reshape(batch, c_in * window.kernel_volume, positions)
+    if dw is not None:
+        dw = dw.reshape(geometry.weight_shape)
+    return y, dw, dx, kept
+
+
+# --------------------------------------------------------------------------
+# argument handling shared by the public functions
+# --------------------------------------------------------------------------
+def _batched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    return array if geometry.batched else array[None]
+
+
+def _unbatched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    return array if geometry.batched else array[0]
+
+
+def _geometry_kwargs(stride, padding, dilation, groups, padding_mode) -> dict:
+    return dict(
+        stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode
+    )
+
+
+def _parse_wrt(wrt: Any) -> Tuple[bool, bool, bool]:
+    if isinstance(wrt, str):
+        wrt = (wrt,)
+    try:
+        names = tuple(wrt)
+    except TypeError:
+        raise TypeError(f"wrt must be a tuple drawn from {_WRT}, got {wrt!r}") from None
+    for name in names:
+        if name not in _WRT:
+            raise ValueError(f"wrt entries must be in {_WRT}, got {name!r}")
+    return tuple(name in names for name in _WRT)  # type: ignore[return-value]
+
+
+def _add_bias(y: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+# --------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------
+def conv_forward(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> Tuple[np.ndarray, ConvContext]:
+    """Convolution that also returns the context :func:`conv_backward` needs.
+
+    Same arguments and result as :func:`conv`. The context keeps references
+    to ``x`` and ``weight`` and, when it fits the workspace limit, the
+    column matrix, so backward does not rebuild it.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4); w = np.ones((2, 1, 3, 3)); b = np.array([0., 1.])
+    >>> y, ctx = ib.conv_forward(x, w, b, padding=1)
+    >>> grads = ib.conv_backward(np.ones_like(y), ctx)
+    >>> grads.bias                               # each filter's δ summed over the 4×4 outputs
+    array([16., 16.])
+    >>> grads.input[0, 0, 0]                     # corner pixels sit in 4 windows, 2 filters
+    array([ 8., 12., 12.,  8.])
+    """
+    x = as_float_array(x, "x")
+    weight = as_float_array(weight, "weight")
+    bias = None if bias is None else as_float_array(bias, "bias")
+    geometry = conv_geometry(
+        x.shape, weight.shape, None if bias is None else bias.shape,
+        **_geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+    )
+    dtype = result_dtype(x, weight, bias)
+    xb = _batched(x, geometry).astype(dtype, copy=False)
+    w = weight.astype(dtype, copy=False)
+    y, _, _, cols = _lowered_pass(geometry, dtype, source=xb, weight=w, product=True,
+                                  keep_cols=True)
+    _add_bias(y, bias)
+    ctx = ConvContext(geometry, x, weight, bias is not None, transposed=False, cols=cols)
+    return _unbatched(y, geometry), ctx
+
+
+def conv(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
+    """N-d convolution (cross-correlation, as in deep learning) lowered to GEMM.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, *I) or (C_in, *I)
+        Input, channels first; r = ``weight.ndim - 2`` spatial axes, any r >= 1.
+    weight : array_like, shape (C_out, C_in/G, *K)
+    bias : array_like, shape (C_out,), optional
+    stride, dilation : int or tuple of int, optional
+        S and D, positive.
+    padding : int, tuple of int, tuple of (int, int), 'valid' or 'same', optional
+        Symmetric per axis, or ``(before, after)`` pairs. ``'same'`` gives
+        ``O = ceil(I / S)`` with total padding split ``before = total // 2``
+        (TensorFlow/JAX rule; works with stride > 1).
+    groups : int, optional
+        G; C_in and C_out must be divisible by G.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, optional
+        zeros
+            pad with 0
+        reflect
+            mirror without repeating the edge (padding must be < I)
+        replicate
+            repeat the edge sample
+        circular
+            wrap around periodically (padding may exceed I)
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, *O) or (C_out, *O)
+        ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1`` and
+        ``y[n, f, o] = b[f] + Σ_{c in group(f), k} w[f, c, k] · x_padded[n, c, o*S + k*D]``.
+        dtype: float32 stays float32, ints and bools compute in float64.
+
+    See Also
+    --------
+    conv_forward, conv_backward : the same with gradients.
+    im2col : the lowering.
+
+    Notes
+    -----
+    Cost: one GEMM per sample and group of ``(C_out/G) × (C_in/G·∏K) × ∏O``,
+    plus an im2col copy of ``C_in·∏K·∏O`` elements per sample. The column
+    buffer is bounded by :func:`workspace_limit`.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.arange(5.0)[None, None]             # (N=1, C=1, I=5)
+    >>> ib.conv(x, np.array([[[1.0, 0.0, -1.0]]]))  # x[o] - x[o+2]
+    array([[[-2., -2., -2.]]])
+    >>> x = np.ones((2, 3, 7, 7)); w = np.ones((8, 3, 3, 3))
+    >>> ib.conv(x, w, stride=2, padding=1).shape
+    (2, 8, 4, 4)
+    >>> ib.conv(x, np.ones((6, 1, 3, 3)), groups=3, padding="same").shape
+    (2, 6, 7, 7)
+    """
+    return conv_forward(
+        x, weight, bias,
+        **_geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+    )[0]
+
+
+def conv_backward(dy: Any, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
+    """Gradients of the loss w.r.t. input, weight and bias of a forward pass.
+
+    Parameters
+    ----------
+    dy : array_like, shape of the forward output
+        δ = dL/dy.
+    ctx : ConvContext
+        From :func:`conv_forward` (or :func:`conv_transpose_forward`).
+    wrt : tuple of {'input', 'weight', 'bias'}, optional
+        Which gradients to compute; the others are None and cost nothing.
+
+    Returns
+    -------
+    ConvGrads
+        ``(input, weight, bias)``, shaped like x, weight and bias; ``bias``
+        is None when the forward pass had no bias.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> y, ctx = ib.conv_forward(np.ones((1, 2, 3)), np.ones((1, 2, 2)))
+    >>> ib.conv_backward(np.ones_like(y), ctx, wrt=("weight",))
+    ConvGrads(input=None, weight=array([[[2., 2.],
+            [2., 2.]]]), bias=None)
+    """
+    if not isinstance(ctx, ConvContext):
+        raise TypeError(f"ctx must be the ConvContext returned by forward, got {type(ctx).__name__}")
+    if ctx.transposed:
+        return conv_transpose_backward(dy, ctx, wrt=wrt)
+    want_input, want_weight, want_bias = _parse_wrt(wrt)
+    geometry = ctx.geometry
+    dy = as_float_array(dy, "dy")
+    check_array_shape(dy.shape, geometry.output_shape, "dy", "the forward output's shape")
+    dtype = result_dtype(dy, ctx.x, ctx.weight)
+    dyb = _batched(dy, geometry).astype(dtype, copy=False)
+    cols = ctx.cols if ctx.cols is not None and ctx.cols.dtype == dtype else None
+    _, dw, dx, _ = _lowered_pass(
+        geometry, dtype,
+        source=None if cols is not None else _batched(ctx.x, geometry).astype(dtype, copy=False),
+        cached_cols=cols,
+        weight=ctx.weight.astype(dtype, copy=False),
+        delta=dyb,
+        weight_grad=want_weight,
+        scatter=want_input,
+    )
+    db = _sum_bias(dyb) if (want_bias and ctx.has_bias) else None
+    return ConvGrads(None if dx is None else _unbatched(dx, geometry), dw, db)
+
+
+def _sum_bias(dy_batched: np.ndarray) -> np.ndarray:
+    return dy_batched.sum(axis=(0,) + tuple(range(2, dy_batched.ndim)))
+
+
+def conv_grad_input(
+    dy: Any,
+    weight: Any,
+    input_shape: Any,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
+    """Input gradient ``dx = col2im(Wᵀ · δ)`` of a convolution.
+
+    Parameters
+    ----------
+    dy : array_like, shape (N, C_out, *O) or (C_out, *O)
+        δ, the gradient of the loss w.r.t. the convolution's output.
+    weight : array_like, shape (C_out, C_in/G, *K)
+    input_shape : tuple of int
+        ``x.shape``; needed because with stride > 1 several input sizes give
+        the same output size.
+    stride, padding, dilation, groups, padding_mode
+        As for :func:`conv`.
+
+    Returns
+    -------
+    dx : ndarray, shape ``input_shape``
+        Samples the forward windows never reached (stride remainders) get 0.
+
+    See Also
+    --------
+    conv_transpose : the same operator with its own size arguments.
+    conv_grad_input_by_transposition : the same gradient as a stride-1 convolution.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> dy = np.ones((1, 1, 2)); w = np.array([[[1.0, 2.0, 3.0]]])
+    >>> ib.conv_grad_input(dy, w, (1, 1, 6), stride=2)   # the last sample is never read
+    array([[[1., 2., 4., 2., 3., 0.]]])
+    """
+    dy = as_float_array(dy, "dy")
+    weight = as_float_array(weight, "weight")
+    geometry = conv_geometry(
+        input_shape, weight.shape,
+        **_geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+    )
+    check_array_shape(dy.shape, geometry.output_shape, "dy",
+                      "the output of the convolution of input_shape")
+    dtype = result_dtype(dy, weight)
+    _, _, dx, _ = _lowered_pass(
+        geometry, dtype, weight=weight.astype(dtype, copy=False),
+        delta=_batched(dy, geometry).astype(dtype, copy=False), scatter=True,
+    )
+    return _unbatched(dx, geometry)
+
+
+def conv_grad_weight(
+    dy: Any,
+    x: Any,
+    weight_shape: Any,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
+    """Weight gradient ``dW = Σ_n δ · X_colᵀ`` of a convolution.
+
+    Parameters
+    ----------
+    dy : array_like, shape (N, C_out, *O) or (C_out, *O)
+    x : array_like, shape (N, C_in, *I) or (C_in, *I)
+        The forward input.
+    weight_shape : tuple of int
+        ``weight.shape`` = (C_out, C_in/G, *K).
+    stride, padding, dilation, groups, padding_mode
+        As for :func:`conv`.
+
+    Returns
+    -------
+    dw : ndarray, shape ``weight_shape``
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.arange(5.0)[None, None]; dy = np.ones((1, 1, 3))
+    >>> ib.conv_grad_weight(dy, x, (1, 1, 3))    # tap k sees x[k], x[k+1], x[k+2]
+    array([[[3., 6., 9.]]])
+    """
+    dy = as_float_array(dy, "dy")
+    x = as_float_array(x, "x")
+    geometry = conv_geometry(
+        x.shape, weight_shape,
+        **_geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+    )
+    check_array_shape(dy.shape, geometry.output_shape, "dy", "the output of the convolution of x")
+    dtype = result_dtype(dy, x)
+    _, dw, _, _ = _lowered_pass(
+        geometry, dtype, source=_batched(x, geometry).astype(dtype, copy=False),
+        delta=_batched(dy, geometry).astype(dtype, copy=False), weight_grad=True,
+    )
+    return dw
+
+
+def conv_grad_bias(dy: Any) -> np.ndarray:
+    """Bias gradient: δ summed over batch and space, ``db[f] = Σ_{n, o} δ[n, f, o]``.
+
+    Parameters
+    ----------
+    dy : array_like, shape (N, C_out, *O)
+        Batched δ.
+
+    Returns
+    -------
+    db : ndarray, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> ib.conv_grad_bias(np.ones((2, 3, 4, 4)))
+    array([32., 32., 32.])
+    """
+    dy = as_float_array(dy, "dy")
+    if dy.ndim < 2:
+        raise ValueError(
+            f"dy must be batched (N, C_out, *out_size) with at least 2 dimensions, "
+            f"got shape {dy.shape}"
+        )
+    return _sum_bias(dy)
+
+
+# --------------------------------------------------------------------------
+# transposed convolution
+# --------------------------------------------------------------------------
+def conv_transpose_forward(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    output_size: Any = None,
+    padding_mode: str = "zeros",
+) -> Tuple[np.ndarray, ConvContext]:
+    """Transposed convolution that also returns the context for backward.
+
+    Same arguments and result as :func:`conv_transpose`.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> y, ctx = ib.conv_transpose_forward(np.ones((1, 1, 2)), np.ones((1, 1, 3)), stride=2)
+    >>> y
+    array([[[1., 1., 2., 1., 1.]]])
+    >>> ib.conv_transpose_backward(np.ones_like(y), ctx).input
+    array([[[3., 3.]]])
+    """
+    x = as_float_array(x, "x")
+    weight = as_float_array(weight, "weight")
+    bias = None if bias is None else as_float_array(bias, "bias")
+    geometry = conv_transpose_geometry(
+        x.shape, weight.shape, None if bias is None else bias.shape,
+        stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+        groups=groups, output_size=output_size, padding_mode=padding_mode,
+    )
+    dtype = result_dtype(x, weight, bias)
+    _, _, y, _ = _lowered_pass(
+        geometry, dtype, weight=weight.astype(dtype, copy=False),
+        delta=_batched(x, geometry).astype(dtype, copy=False), scatter=True,
+    )
+    _add_bias(y, bias)
+    ctx = ConvContext(geometry, x, weight, bias is not None, transposed=True)
+    return _unbatched(y, geometry), ctx
+
+
+def conv_transpose(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    output_size: Any = None,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
+    """N-d transposed convolution: the adjoint of :func:`conv` as a function of x.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, *I) or (C_in, *I)
+    weight : array_like, shape (C_in, C_out/G, *K)
+        PyTorch's transposed layout: the forward convolution's weight.
+    bias : array_like, shape (C_out,), optional
+    stride, dilation : int or tuple of int, optional
+    padding : int, tuple of int, tuple of (int, int) or 'valid', optional
+        The padding of the forward convolution; it *removes* samples from
+        the output. ``'same'`` is refused.
+    output_padding : int or tuple of int, optional
+        Extra samples after the end, ``0 <= output_padding < max(S, D)``:
+        with stride > 1 several sizes map to the same convolution output,
+        and this picks one.
+    groups : int, optional
+    output_size : tuple of int, optional
+        The r spatial sizes (or the whole output shape) wanted; picks
+        ``output_padding``, as PyTorch's ``ConvTranspose.forward(output_size=)``.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, optional
+        Non-zero modes give the exact adjoint of the convolution with that
+        padding: output that lands on the padded border folds back onto the
+        samples the border was copied from.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, *O) or (C_out, *O)
+        ``O = (I-1)*S - P_before - P_after + D*(K-1) + output_padding + 1``.
+
+    See Also
+    --------
+    conv_grad_input : the same operator, sized by the forward input's shape.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.array([[[1.0, 10.0]]]); w = np.array([[[1.0, 2.0, 3.0]]])
+    >>> ib.conv_transpose(x, w, stride=2)    # each input stamps a scaled copy of w
+    array([[[ 1.,  2., 13., 20., 30.]]])
+    >>> ib.conv_transpose(x, w, stride=2, output_padding=1)
+    array([[[ 1.,  2., 13., 20., 30.,  0.]]])
+    >>> ib.conv_transpose(np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3)), stride=2,
+    ...                   padding=1, output_size=(10, 10)).shape
+    (1, 2, 10, 10)
+    """
+    return conv_transpose_forward(
+        x, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+        dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
+    )[0]
+
+
+def conv_transpose_backward(dy: Any, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
+    """Gradients of a transposed convolution from its context.
+
+    ``dx = conv(δ, w)`` (cropped to x's size), ``dw = conv_grad_weight(x, δ)``
+    with the roles of input and δ exchanged, ``db = Σ δ``.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> y, ctx = ib.conv_transpose_forward(np.ones((1, 1, 2)), np.ones((1, 1, 3)))
+    >>> ib.conv_transpose_backward(np.ones_like(y), ctx).weight
+    array([[[2., 2., 2.]]])
+    """
+    if not isinstance(ctx, ConvContext) or not ctx.transposed:
+        raise TypeError("ctx must be the ConvContext returned by conv_transpose_forward")
+    want_input, want_weight, want_bias = _parse_wrt(wrt)
+    geometry = ctx.geometry
+    dy = as_float_array(dy, "dy")
+    check_array_shape(dy.shape, geometry.input_shape, "dy", "the forward output's shape")
+    dtype = result_dtype(dy, ctx.x, ctx.weight)
+    dyb = _batched(dy, geometry).astype(dtype, copy=False)
+    # δ_t plays the convolution's input; x plays its output gradient.
+    dx, dw, _, _ = _lowered_pass(
+        geometry, dtype, source=dyb,
+        weight=ctx.weight.astype(dtype, copy=False),
+        delta=_batched(ctx.x, geometry).astype(dtype, copy=False),
+        product=want_input, weight_grad=want_weight,
+    )
+    db = _sum_bias(dyb) if (want_bias and ctx.has_bias) else None
+    return ConvGrads(None if dx is None else _unbatched(dx, geometry), dw, db)

@@ -1,0 +1,563 @@
+"""Argument parsing, validation and size arithmetic — all of it, in one place.
+
+Every public function of im2colbp turns its arguments into a frozen
+:class:`WindowGeometry` (the spatial part: sizes, stride, padding, dilation)
+and, for convolutions, a :class:`ConvGeometry` (adds batch, channels, groups).
+Nothing below this module parses an argument again.
+
+Symbols: N batch, C_in / C_out channels, G groups, r spatial rank, I input
+size, K kernel size, O output size, S stride, P padding, D dilation.
+
+Output size per axis (the defining inequality): O is the number of window
+positions ``o >= 0`` with ``o*S + D*(K-1) <= I + P_before + P_after - 1``, i.e.::
+
+    O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "PADDING_MODES",
+    "WindowGeometry",
+    "ConvGeometry",
+    "window_geometry",
+    "conv_geometry",
+    "conv_transpose_geometry",
+    "as_float_array",
+    "result_dtype",
+]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+#: Largest number of elements any single array may need (padded input, output
+#: or the columns of one sample). 2**37 float64 elements is one TiB: anything
+#: larger is certainly a mistake and is refused before allocation.
+MAX_ELEMENTS = 2**37
+
+IntOrTuple = Union[int, Sequence[int]]
+Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
+
+Pairs = Tuple[Tuple[int, int], ...]
+
+
+# --------------------------------------------------------------------------
+# scalars and tuples
+# --------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def as_int(value: Any, name: str, minimum: int) -> int:
+    """Return ``value`` as a Python int ``>= minimum`` or raise a clear error."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def as_int_tuple(value: Any, rank: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
+    """Normalise an int or a length-``rank`` sequence of ints to a tuple."""
+    if _is_int(value):
+        return (as_int(value, name, minimum),) * rank
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"{name} must be an int or a tuple of {rank} ints, got {value!r}"
+        )
+    items = tuple(value)
+    if len(items) != rank:
+        raise ValueError(
+            f"{name} must be an int or a tuple of {rank} ints (one per spatial axis), "
+            f"got {len(items)} values: {value!r}"
+        )
+    return tuple(as_int(item, f"{name}[{axis}]", minimum) for axis, item in enumerate(items))
+
+
+def _parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs]:
+    """Return ``'same'`` or r ``(before, after)`` pairs of non-negative ints."""
+    if isinstance(padding, str):
+        accepted = ("valid", "same") if allow_same else ("valid",)
+        if padding == "valid":
+            return ((0, 0),) * rank
+        if padding == "same" and allow_same:
+            return "same"
+        if padding == "same":
+            raise ValueError(
+                "padding='same' is not defined for transposed convolution; "
+                "give padding as an int, a tuple, (before, after) pairs or 'valid'"
+            )
+        raise ValueError(
+            f"padding string must be one of {accepted}, got {padding!r}"
+        )
+    if _is_int(padding):
+        amount = as_int(padding, "padding", 0)
+        return ((amount, amount),) * rank
+    if isinstance(padding, bytes) or not isinstance(padding, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"padding must be an int, a string, a tuple of {rank} ints or {rank} "
+            f"(before, after) pairs, got {padding!r}"
+        )
+    items = tuple(padding)
+    if len(items) != rank:
+        raise ValueError(
+            f"padding must have one entry per spatial axis ({rank}), got {len(items)}: "
+            f"{padding!r}"
+        )
+    pairs = []
+    for axis, item in enumerate(items):
+        if _is_int(item):
+            amount = as_int(item, f"padding[{axis}]", 0)
+            pairs.append((amount, amount))
+            continue
+        if isinstance(item, (str, bytes)) or not isinstance(item, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"padding[{axis}] must be an int or a (before, after) pair, got {item!r}"
+            )
+        pair = tuple(item)
+        if len(pair) != 2:
+            raise ValueError(
+                f"padding[{axis}] must be an int or a (before, after) pair, got {item!r}"
+            )
+        pairs.append(
+            (as_int(pair[0], f"padding[{axis}][0]", 0), as_int(pair[1], f"padding[{axis}][1]", 0))
+        )
+    return tuple(pairs)
+
+
+def _same_padding(in_size, kernel_size, stride, dilation) -> Pairs:
+    """TF/JAX 'same': O = ceil(I/S); total padding split before = total // 2."""
+    pairs = []
+    for size, kernel, step, dil in zip(in_size, kernel_size, stride, dilation):
+        out = -(-size // step)
+        total = max((out - 1) * step + dil * (kernel - 1) + 1 - size, 0)
+        pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
+def _parse_padding_mode(padding_mode: Any) -> str:
+    if not isinstance(padding_mode, str):
+        raise TypeError(
+            f"padding_mode must be a string, one of {PADDING_MODES}, got {padding_mode!r}"
+        )
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def _check_elements(count: int, what: str) -> None:
+    if count > MAX_ELEMENTS:
+        raise ValueError(
+            f"{what} would need {count:.3g} elements (more than {MAX_ELEMENTS:.3g}, a TiB "
+            "in float64); refusing to allocate it — check the sizes and padding"
+        )
+
+
+# --------------------------------------------------------------------------
+# geometry objects
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowGeometry:
+    """The spatial arithmetic of a sliding window (all tuples have length r).
+
+    Attributes
+    ----------
+    in_size : tuple of int
+        I, the unpadded input size.
+    kernel_size, stride, dilation : tuple of int
+        K, S, D.
+    padding : tuple of (int, int)
+        (P_before, P_after) per axis, already resolved (``'same'`` included).
+    out_size : tuple of int
+        O, the number of window positions per axis.
+    padding_mode : str
+        One of ``PADDING_MODES``.
+    """
+
+    in_size: Tuple[int, ...]
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Pairs
+    dilation: Tuple[int, ...]
+    out_size: Tuple[int, ...]
+    padding_mode: str = "zeros"
+
+    @property
+    def rank(self) -> int:
+        return len(self.in_size)
+
+    @property
+    def padded_size(self) -> Tuple[int, ...]:
+        return tuple(i + b + a for i, (b, a) in zip(self.in_size, self.padding))
+
+    @property
+    def kernel_volume(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def out_volume(self) -> int:
+        """L, the number of window positions (columns per sample)."""
+        return math.prod(self.out_size)
+
+    @property
+    def is_padded(self) -> bool:
+        return any(b or a for b, a in self.padding)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """1×…×1 kernel, stride 1, no padding: the columns are the input itself."""
+        return (
+            all(k == 1 for k in self.kernel_size)
+            and all(s == 1 for s in self.stride)
+            and not self.is_padded
+        )
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution ``(N, C_in, *I) * (C_out, C_in/G, *K) -> (N, C_out, *O)``.
+
+    For a transposed convolution this describes the *forward* convolution whose
+    input gradient it is: ``in_channels``/``window.in_size`` belong to the
+    transposed convolution's output.
+    """
+
+    window: WindowGeometry
+    batch: int
+    batched: bool
+    in_channels: int
+    out_channels: int
+    groups: int
+
+    @property
+    def rank(self) -> int:
+        return self.window.rank
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        lead = (self.batch,) if self.batched else ()
+        return lead + (self.in_channels,) + self.window.in_size
+
+    @property
+    def output_shape(self) -> Tuple[int, ...]:
+        lead = (self.batch,) if self.batched else ()
+        return lead + (self.out_channels,) + self.window.out_size
+
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups) + self.window.kernel_size
+
+    @property
+    def column_rows(self) -> int:
+        """C_in·∏K, the rows of one sample's column matrix."""
+        return self.in_channels * self.window.kernel_volume
+
+
+def window_geometry(
+    in_size: Sequence[int],
+    kernel_size: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    padding_mode: str = "zeros",
+    *,
+    allow_same: bool = True,
+    out_size: Optional[Sequence[int]] = None,
+) -> WindowGeometry:
+    """Validate spatial arguments and compute the output size.
+
+    ``out_size`` may be given to *crop* the output to fewer positions than
+    fit (used by transposed convolution when ``output_padding >= stride``).
+    """
+    in_size = tuple(int(i) for i in in_size)
+    rank = len(in_size)
+    if rank < 1:
+        raise ValueError("convolution needs at least one spatial axis (rank r >= 1)")
+    for axis, size in enumerate(in_size):
+        if size < 1:
+            raise ValueError(
+                f"spatial size must be positive, got {size} on spatial axis {axis} "
+                f"(input spatial size {in_size})"
+            )
+    kernel = as_int_tuple(kernel_size, rank, "kernel_size", 1)
+    stride = as_int_tuple(stride, rank, "stride", 1)
+    dilation = as_int_tuple(dilation, rank, "dilation", 1)
+    mode = _parse_padding_mode(padding_mode)
+    pairs = _parse_padding(padding, rank, allow_same)
+    if pairs == "same":
+        pairs = _same_padding(in_size, kernel, stride, dilation)
+    padded = tuple(i + b + a for i, (b, a) in zip(in_size, pairs))
+    _check_elements(math.prod(padded), f"the padded input of spatial size {padded}")
+    _check_elements(math.prod(kernel), f"a kernel of size {kernel}")
+
+    if mode == "reflect":
+        for axis, (size, (before, after)) in enumerate(zip(in_size, pairs)):
+            if max(before, after) >= size:
+                raise ValueError(
+                    f"reflect padding must be smaller than the input size it reflects: "
+                    f"padding {(before, after)} on spatial axis {axis} of size {size}"
+                )
+
+    fitting = []
+    for axis, (size, k, s, d) in enumerate(zip(padded, kernel, stride, dilation)):
+        extent = d * (k - 1) + 1
+        if extent > size:
+            raise ValueError(
+                f"kernel larger than the padded input on spatial axis {axis}: dilated kernel "
+                f"extent {extent} (kernel_size {k}, dilation {d}) > padded size {size} "
+                f"(input {in_size[axis]} + padding {pairs[axis]}); output size would be < 1"
+            )
+        fitting.append((size - extent) // s + 1)
+    if out_size is None:
+        out = tuple(fitting)
+    else:
+        out = tuple(int(o) for o in out_size)
+        if len(out) != rank or any(o < 1 or o > f for o, f in zip(out, fitting)):
+            raise ValueError(f"out_size {out} must be between 1 and {tuple(fitting)} per axis")
+    _check_elements(math.prod(out) * math.prod(kernel), "the columns of one channel")
+    return WindowGeometry(in_size, kernel, stride, pairs, dilation, out, mode)
+
+
+# --------------------------------------------------------------------------
+# shapes of arrays
+# --------------------------------------------------------------------------
+def _shape(value: Any, name: str) -> Tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{name} must not contain negative sizes, got {shape}")
+    return shape
+
+
+def _split_input(shape, rank, name) -> Tuple[bool, int, int, Tuple[int, ...]]:
+    """(batched, N, C, spatial) for a batched or unbatched channels-first shape."""
+    if len(shape) == rank + 2:
+        return True, shape[0], shape[1], tuple(shape[2:])
+    if len(shape) == rank + 1:
+        return False, 1, shape[0], tuple(shape[1:])
+    raise ValueError(
+        f"{name} must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} (C, *spatial) "
+        f"for a rank-{rank} convolution (weight has {rank + 2} dimensions), "
+        f"got {len(shape)} dimensions: shape {tuple(shape)}"
+    )
+
+
+def _weight_rank(weight_shape, name="weight") -> int:
+    if len(weight_shape) < 3:
+        raise ValueError(
+            f"{name} must have at least 3 dimensions (C_out, C_in/groups, *kernel_size), "
+            f"got shape {tuple(weight_shape)}"
+        )
+    return len(weight_shape) - 2
+
+
+def _check_bias(bias_shape, channels) -> None:
+    if bias_shape is not None and tuple(bias_shape) != (channels,):
+        raise ValueError(
+            f"bias must have shape ({channels},) (one value per output channel), "
+            f"got {tuple(bias_shape)}"
+        )
+
+
+def _check_total(geometry: ConvGeometry) -> None:
+    n = max(geometry.batch, 1)
+    win = geometry.window
+    _check_elements(n * geometry.in_channels * math.prod(win.padded_size), "the padded input")
+    _check_elements(n * geometry.out_channels * win.out_volume, "the output")
+    _check_elements(geometry.column_rows * win.out_volume, "the columns of one sample")
+
+
+def conv_geometry(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    bias_shape: Optional[Sequence[int]] = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+    padding_mode: str = "zeros",
+) -> ConvGeometry:
+    """Validate a convolution's arguments; see :func:`im2colbp.conv`."""
+    weight_shape = _shape(weight_shape, "weight shape")
+    rank = _weight_rank(weight_shape)
+    input_shape = _shape(input_shape, "input shape")
+    batched, batch, channels, in_size = _split_input(input_shape, rank, "input")
+    groups = as_int(groups, "groups", 1)
+    out_channels, group_channels = weight_shape[0], weight_shape[1]
+    if out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide the output channels C_out={out_channels} "
+            f"(weight shape {weight_shape})"
+        )
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={channels}")
+    if group_channels * groups != channels:
+        raise ValueError(
+            f"input has C_in={channels} channels but weight expects "
+            f"C_in/groups * groups = {group_channels} * {groups} = {group_channels * groups} "
+            f"(weight shape {weight_shape}, input shape {input_shape})"
+        )
+    _check_bias(bias_shape, out_channels)
+    window = window_geometry(
+        in_size, weight_shape[2:], stride, padding, dilation, padding_mode
+    )
+    geometry = ConvGeometry(window, batch, batched, channels, out_channels, groups)
+    _check_total(geometry)
+    return geometry
+
+
+def conv_transpose_geometry(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    bias_shape: Optional[Sequence[int]] = None,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+    output_size: Optional[Sequence[int]] = None,
+    padding_mode: str = "zeros",
+) -> ConvGeometry:
+    """Validate a transposed convolution's arguments.
+
+    Returns the geometry of the forward convolution whose input gradient the
+    transposed convolution is: its input is the transposed convolution's
+    output ``(N, C_out, *O_t)`` and its output is ``x`` ``(N, C_in, *I_t)``.
+    """
+    weight_shape = _shape(weight_shape, "weight shape")
+    rank = _weight_rank(weight_shape)
+    input_shape = _shape(input_shape, "input shape")
+    batched, batch, channels, in_size = _split_input(input_shape, rank, "input")
+    for axis, size in enumerate(in_size):
+        if size < 1:
+            raise ValueError(
+                f"spatial size must be positive, got {size} on spatial axis {axis} "
+                f"(input shape {input_shape})"
+            )
+    groups = as_int(groups, "groups", 1)
+    if weight_shape[0] != channels:
+        raise ValueError(
+            f"transposed-convolution weight must have shape (C_in, C_out/groups, *kernel_size) "
+            f"with C_in={channels} (the input's channels), got weight shape {weight_shape}"
+        )
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={channels}")
+    out_channels = weight_shape[1] * groups
+    _check_bias(bias_shape, out_channels)
+
+    kernel = as_int_tuple(weight_shape[2:], rank, "kernel_size", 1)
+    stride_t = as_int_tuple(stride, rank, "stride", 1)
+    dilation_t = as_int_tuple(dilation, rank, "dilation", 1)
+    pairs = _parse_padding(padding, rank, allow_same=False)
+    out_pad = as_int_tuple(output_padding, rank, "output_padding", 0)
+    smallest = tuple(
+        (i - 1) * s - b - a + d * (k - 1) + 1
+        for i, s, (b, a), d, k in zip(in_size, stride_t, pairs, dilation_t, kernel)
+    )
+    limit = tuple(max(s, d) for s, d in zip(stride_t, dilation_t))
+    for axis, (op, lim) in enumerate(zip(out_pad, limit)):
+        if op >= lim:
+            raise ValueError(
+                f"output_padding must satisfy 0 <= output_padding < max(stride, dilation) = "
+                f"{lim} on spatial axis {axis}, got {op}"
+            )
+    if output_size is not None:
+        requested = _shape(output_size, "output_size")
+        if len(requested) in (rank + 1, rank + 2):
+            lead = tuple(requested[:-rank])
+            expected = ((batch,) if batched else ()) + (out_channels,)
+            expected = expected[-len(lead):] if len(lead) <= len(expected) else None
+            if expected is None or lead != expected:
+                raise ValueError(
+                    f"output_size {requested}: leading sizes {lead} must match the output's "
+                    f"(N, C_out) = {((batch,) if batched else ()) + (out_channels,)}"
+                )
+            requested = requested[-rank:]
+        if len(requested) != rank:
+            raise ValueError(
+                f"output_size must give the {rank} spatial sizes (or the full output shape), "
+                f"got {tuple(output_size)}"
+            )
+        largest = tuple(s + lim - 1 for s, lim in zip(smallest, limit))
+        for axis, (want, low, high) in enumerate(zip(requested, smallest, largest)):
+            if not low <= want <= high:
+                raise ValueError(
+                    f"output_size {requested} is not reachable: on spatial axis {axis} the "
+                    f"admissible sizes are {low}..{high} (output_padding 0..{high - low}), "
+                    f"got {want}"
+                )
+        derived = tuple(w - s for w, s in zip(requested, smallest))
+        for axis, (given, want) in enumerate(zip(out_pad, derived)):
+            if given and given != want:
+                raise ValueError(
+                    f"output_padding {out_pad} conflicts with output_size {requested}: "
+                    f"spatial axis {axis} needs output_padding {want}"
+                )
+        out_pad = derived
+    out_size = tuple(s + op for s, op in zip(smallest, out_pad))
+    for axis, size in enumerate(out_size):
+        if size < 1:
+            raise ValueError(
+                f"transposed-convolution output size must be positive, got {size} on spatial "
+                f"axis {axis}: (I-1)*S - P_before - P_after + D*(K-1) + output_padding + 1 "
+                f"with I={in_size[axis]}, S={stride_t[axis]}, P={pairs[axis]}, "
+                f"D={dilation_t[axis]}, K={kernel[axis]}, output_padding={out_pad[axis]}"
+            )
+    window = window_geometry(
+        out_size, kernel, stride_t, pairs, dilation_t, padding_mode,
+        allow_same=False, out_size=in_size,
+    )
+    geometry = ConvGeometry(window, batch, batched, out_channels, channels, groups)
+    _check_total(geometry)
+    return geometry
+
+
+def check_array_shape(shape: Sequence[int], expected: Sequence[int], name: str, why: str) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({why}), got {tuple(shape)}")
+
+
+# --------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------
+def as_float_array(value: Any, name: str) -> np.ndarray:
+    """Return ``value`` as a real floating array without copying when possible.
+
+    float32/float64 (and longer floats) stay; float16 becomes float32; bool
+    and integers become float64; complex and non-numeric data are refused.
+    """
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}: "
+                            f"{error}") from None
+    kind = array.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must be real; complex dtype {array.dtype} is not supported")
+    if kind in "biu":
+        return array.astype(np.float64)
+    if kind == "f":
+        if array.dtype.itemsize < 4:
+            return array.astype(np.float32)
+        return array
+    raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+
+
+def result_dtype(*arrays: Optional[np.ndarray]) -> np.dtype:
+    """The floating dtype NumPy promotion gives for the (converted) arrays."""
+    return np.result_type(*[a.dtype for a in arrays if a is not None])

@@ -1,0 +1,316 @@
+"""im2col and col2im: receptive fields to columns and back, any spatial rank.
+
+The lowering loops over the ``prod(K)`` kernel *offsets*, not over the
+``prod(O)`` window positions: for a fixed offset ``(k_1..k_r)`` the input
+samples it touches form one strided slice of the padded input, so each
+iteration is a single NumPy copy. ``col2im`` is the same loop with ``+=``,
+which makes it the exact adjoint of ``im2col`` by construction: every copy
+``cols[.., k, o] = xp[.., o*S + k*D]`` becomes ``xp[.., o*S + k*D] += cols[.., k, o]``.
+
+Padding is separable: a padded array is built axis by axis, each border
+sample being a copy of one source sample (mode-dependent). Its adjoint
+(:func:`unpad_add`) walks the axes in reverse and adds every border sample
+back onto its source — the "gradient that fell on a reflected sample flows
+back to that sample" rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+from .geometry import (
+    WindowGeometry,
+    _is_int,
+    as_float_array,
+    window_geometry,
+)
+
+__all__ = ["im2col", "col2im", "pad", "unpad_add"]
+
+
+# --------------------------------------------------------------------------
+# padding and its adjoint
+# --------------------------------------------------------------------------
+def _border_sources(size: int, before: int, after: int, mode: str) -> List[Tuple[int, int]]:
+    """``(border, source)`` index pairs along one axis, in padded coordinates."""
+    pairs = []
+    for padded in list(range(before)) + list(range(before + size, before + size + after)):
+        i = padded - before  # position relative to the first real sample
+        if mode == "replicate":
+            source = min(max(i, 0), size - 1)
+        elif mode == "circular":
+            source = i % size
+        else:  # reflect, edge not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 ...
+            period = 2 * (size - 1)
+            folded = i % period
+            source = folded if folded < size else period - folded
+        pairs.append((padded, source + before))
+    return pairs
+
+
+def _axis_index(ndim: int, axis: int, index) -> tuple:
+    return (slice(None),) * axis + (index,) + (slice(None),) * (ndim - axis - 1)
+
+
+def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
+    """Write ``x`` (..., *I) padded per ``window`` into ``out`` (..., *padded).
+
+    For ``'zeros'`` only the interior is written: the caller provides ``out``
+    with zero borders (a zeroed buffer stays valid across reuse).
+    """
+    r = window.rank
+    lead = x.ndim - r
+    interior = (Ellipsis,) + tuple(
+        slice(b, b + i) for i, (b, _) in zip(window.in_size, window.padding)
+    )
+    out[interior] = x
+    if window.padding_mode == "zeros":
+        return
+    # Axis by axis: after axis a is done, every slab along a holds its value for
+    # the interior of later axes, so later axes copy already-padded slabs.
+    for axis, (size, (before, after)) in enumerate(zip(window.in_size, window.padding)):
+        for border, source in _border_sources(size, before, after, window.padding_mode):
+            out[_axis_index(out.ndim, lead + axis, border)] = out[
+                _axis_index(out.ndim, lead + axis, source)
+            ]
+
+
+def pad(x: np.ndarray, window: WindowGeometry) -> np.ndarray:
+    """Return ``x`` (..., *I) padded per ``window`` as a new array (..., *padded)."""
+    if not window.is_padded:
+        return x
+    out = np.zeros(x.shape[: x.ndim - window.rank] + window.padded_size, dtype=x.dtype)
+    pad_into(x, window, out)
+    return out
+
+
+def unpad_add(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray:
+    """Adjoint of :func:`pad`: fold border gradients back onto their sources.
+
+    ``grad_padded`` (..., *padded) is modified in place (it is a scratch
+    buffer of the caller); the returned (..., *I) array is a view into it.
+    """
+    r = window.rank
+    lead = grad_padded.ndim - r
+    if window.padding_mode != "zeros":
+        for axis in reversed(range(r)):
+            size = window.in_size[axis]
+            before, after = window.padding[axis]
+            for border, source in _border_sources(size, before, after, window.padding_mode):
+                grad_padded[_axis_index(grad_padded.ndim, lead + axis, source)] += grad_padded[
+                    _axis_index(grad_padded.ndim, lead + axis, border)
+                ]
+    interior = (Ellipsis,) + tuple(
+        slice(b, b + i) for i, (b, _) in zip(window.in_size, window.padding)
+    )
+    return grad_padded[interior]
+
+
+# --------------------------------------------------------------------------
+# the offset loop shared by im2col and col2im
+# --------------------------------------------------------------------------
+def _offset_slices(window: WindowGeometry) -> Iterator[Tuple[Tuple[int, ...], tuple]]:
+    """For each kernel offset k, the strided slice of the padded input it reads.
+
+    Window position ``o`` with offset ``k`` reads padded sample ``o*S + k*D``,
+    so for fixed k the samples are ``k*D, k*D + S, ..., k*D + (O-1)*S``.
+    """
+    for offset in np.ndindex(*window.kernel_size):
+        yield offset, tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, d, s, o in zip(offset, window.dilation, window.stride, window.out_size)
+        )
+
+
+def im2col_into(x_padded: np.ndarray, window: WindowGeometry, cols: np.ndarray) -> None:
+    """Fill ``cols`` (n, C, *K, *O) from ``x_padded`` (n, C, *padded)."""
+    for offset, spatial in _offset_slices(window):
+        # cols[:, :, k_1..k_r] is (n, C, o_1..o_r); so is the strided input slice
+        cols[(slice(None), slice(None)) + offset] = x_padded[(slice(None), slice(None)) + spatial]
+
+
+def col2im_add(cols: np.ndarray, window: WindowGeometry, grad_padded: np.ndarray) -> None:
+    """Scatter-add ``cols`` (n, C, *K, *O) into ``grad_padded`` (n, C, *padded)."""
+    for offset, spatial in _offset_slices(window):
+        grad_padded[(slice(None), slice(None)) + spatial] += cols[
+            (slice(None), slice(None)) + offset
+        ]
+
+
+# --------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------
+def _rank_and_batching(ndim: int, kernel_size: Any, name: str) -> Tuple[int, bool]:
+    if _is_int(kernel_size):
+        if ndim < 3:
+            raise ValueError(
+                f"{name} must be batched (N, C, *spatial) with at least one spatial axis when "
+                f"kernel_size is an int, got {ndim} dimensions; give kernel_size as a tuple "
+                "for unbatched input"
+            )
+        return ndim - 2, True
+    try:
+        rank = len(kernel_size)
+    except TypeError:
+        raise TypeError(f"kernel_size must be an int or a tuple of ints, got {kernel_size!r}") \
+            from None
+    if rank < 1:
+        raise ValueError("kernel_size must have at least one entry (rank r >= 1)")
+    if ndim == rank + 2:
+        return rank, True
+    if ndim == rank + 1:
+        return rank, False
+    raise ValueError(
+        f"{name} must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} (C, *spatial) "
+        f"for kernel_size {tuple(kernel_size)}, got {ndim} dimensions"
+    )
+
+
+def im2col(
+    x: Any,
+    kernel_size: Any,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+) -> np.ndarray:
+    """Lower every receptive field of ``x`` to a column (``torch.nn.functional.unfold``, N-d).
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, *I) or (C, *I)
+        Input. Unbatched input needs a tuple ``kernel_size``.
+    kernel_size : int or tuple of int
+        K. A tuple fixes the spatial rank ``r = len(kernel_size)``; an int
+        means ``r = x.ndim - 2``.
+    stride, dilation : int or tuple of int, optional
+        S and D, positive.
+    padding : int, tuple of int, tuple of (int, int) or {'valid', 'same'}, optional
+        Zero padding P (symmetric, per axis, or ``(before, after)`` pairs).
+
+    Returns
+    -------
+    cols : ndarray, shape (N, C * prod(K), L) or (C * prod(K), L)
+        ``L = prod(O)``, ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``.
+        Row index runs over ``(c, k_1, ..., k_r)`` in C order, column index over
+        the window positions ``(o_1, ..., o_r)`` in C order:
+        ``cols[n, (c, k), (o)] = x_padded[n, c, o*S + k*D]``.
+
+    See Also
+    --------
+    col2im : the adjoint (scatter-add back).
+
+    Notes
+    -----
+    Memory: the result is ``prod(K) * prod(O) / prod(I)`` times the input
+    (about ``prod(K)`` at stride 1). The copy loop runs ``prod(K)`` times.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.arange(5.0).reshape(1, 1, 5)          # one 1-D signal 0 1 2 3 4
+    >>> ib.im2col(x, 3)[0]                           # rows: kernel taps, columns: windows
+    array([[0., 1., 2.],
+           [1., 2., 3.],
+           [2., 3., 4.]])
+    >>> ib.im2col(x, 3, stride=2, padding=1)[0]
+    array([[0., 1., 3.],
+           [0., 2., 4.],
+           [1., 3., 0.]])
+    >>> ib.im2col(np.ones((2, 3, 8, 8)), (3, 3), padding=1).shape
+    (2, 27, 64)
+    """
+    x = as_float_array(x, "x")
+    rank, batched = _rank_and_batching(x.ndim, kernel_size, "x")
+    xb = x if batched else x[None]
+    window = window_geometry(xb.shape[2:], kernel_size, stride, padding, dilation)
+    n, channels = xb.shape[:2]
+    cols = np.empty((n, channels) + window.kernel_size + window.out_size, dtype=x.dtype)
+    im2col_into(pad(xb, window), window, cols)
+    cols = cols.reshape(n, channels * window.kernel_volume, window.out_volume)
+    return cols if batched else cols[0]
+
+
+def col2im(
+    cols: Any,
+    output_size: Sequence[int],
+    kernel_size: Any,
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+) -> np.ndarray:
+    """Scatter-add columns back into an image: the exact adjoint of :func:`im2col`.
+
+    Same as ``torch.nn.functional.fold``, for any spatial rank. Entries of
+    overlapping windows add up; entries that fall in the padding are dropped.
+
+    Parameters
+    ----------
+    cols : array_like, shape (N, C * prod(K), L) or (C * prod(K), L)
+        Columns laid out as :func:`im2col` returns them.
+    output_size : tuple of int
+        I, the spatial size of the image; fixes ``r = len(output_size)``.
+    kernel_size, stride, padding, dilation
+        As for :func:`im2col`.
+
+    Returns
+    -------
+    x : ndarray, shape (N, C, *I) or (C, *I)
+
+    Notes
+    -----
+    ``<im2col(x), c> == <x, col2im(c)>`` for every x and c (the dot-product
+    test). ``col2im(im2col(x))`` is *not* x: each sample is multiplied by the
+    number of windows that contain it.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> cols = ib.im2col(np.ones((1, 1, 5)), 3)
+    >>> ib.col2im(cols, (5,), 3)         # how many windows cover each sample
+    array([[[1., 2., 3., 2., 1.]]])
+    """
+    cols = as_float_array(cols, "cols")
+    if isinstance(output_size, (str, bytes)) or _is_int(output_size):
+        raise TypeError(
+            f"output_size must be a tuple with the r spatial sizes, got {output_size!r}"
+        )
+    output_size = tuple(output_size)
+    window = window_geometry(output_size, kernel_size, stride, padding, dilation)
+    if cols.ndim not in (2, 3):
+        raise ValueError(
+            f"cols must have 3 dimensions (N, C*prod(K), L) or 2 (C*prod(K), L), "
+            f"got shape {cols.shape}"
+        )
+    batched = cols.ndim == 3
+    colsb = cols if batched else cols[None]
+    n, rows, positions = colsb.shape
+    if rows % window.kernel_volume:
+        raise ValueError(
+            f"cols has {rows} rows, which is not a multiple of prod(kernel_size) = "
+            f"{window.kernel_volume} (cols shape {cols.shape})"
+        )
+    if positions != window.out_volume:
+        raise ValueError(
+            f"cols has {positions} columns but output_size {output_size} with kernel_size "
+            f"{window.kernel_size}, stride {window.stride}, padding {window.padding}, dilation "
+            f"{window.dilation} gives {window.out_size} = {window.out_volume} window positions"
+        )
+    channels = rows // window.kernel_volume
+    grad_padded = np.zeros((n, channels) + window.padded_size, dtype=cols.dtype)
+    col2im_add(
+        colsb.reshape((n, channels) + window.kernel_size + window.out_size), window, grad_padded
+    )
+    image = unpad_add(grad_padded, window)
+    if window.is_padded:
+        image = image.copy()  # drop the padded buffer rather than keep it alive
+    return image if batched else image[0]
+
+
+def columns_nbytes(window: WindowGeometry, channels: int, itemsize: int) -> int:
+    """Bytes of one sample's columns: ``C * prod(K) * prod(O) * itemsize``."""
+    return channels * window.kernel_volume * math.prod(window.out_size) * itemsize

@@ -1,0 +1,124 @@
+"""The workspace limit: how many bytes of column buffer one call may hold.
+
+im2col multiplies the input by the kernel volume, so the column matrix of a
+whole batch can be far larger than the batch itself. Every lowering call
+therefore works through the batch in *chunks* of samples whose columns fit
+the limit. A single sample whose columns exceed the limit still runs (a chunk
+of one) rather than failing.
+
+The limit is a :class:`contextvars.ContextVar`, so threads and asyncio tasks
+each see their own value.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+from .geometry import as_int
+
+__all__ = [
+    "DEFAULT_WORKSPACE_LIMIT",
+    "get_workspace_limit",
+    "set_workspace_limit",
+    "workspace_limit",
+    "samples_per_chunk",
+    "chunk_slices",
+]
+
+#: 256 MiB: large enough for most layers to run as one chunk, small enough to
+#: be harmless on a laptop.
+DEFAULT_WORKSPACE_LIMIT = 256 * 2**20
+
+_limit: ContextVar[int] = ContextVar("im2colbp_workspace_limit", default=DEFAULT_WORKSPACE_LIMIT)
+
+
+def get_workspace_limit() -> int:
+    """Return the current bound on the column buffer, in bytes.
+
+    Examples
+    --------
+    >>> import im2colbp as ib
+    >>> ib.get_workspace_limit() == ib.DEFAULT_WORKSPACE_LIMIT
+    True
+    """
+    return _limit.get()
+
+
+def set_workspace_limit(nbytes: int) -> int:
+    """Set the bound on the column buffer (bytes) and return the previous one.
+
+    Prefer :func:`workspace_limit`, which restores the old value.
+
+    Examples
+    --------
+    >>> import im2colbp as ib
+    >>> old = ib.set_workspace_limit(2**20)
+    >>> ib.get_workspace_limit()
+    1048576
+    >>> _ = ib.set_workspace_limit(old)
+    """
+    previous = _limit.get()
+    _limit.set(as_int(nbytes, "workspace limit (bytes)", 1))
+    return previous
+
+
+@contextmanager
+def workspace_limit(nbytes: int) -> Iterator[int]:
+    """Bound the column buffer of every lowering inside the ``with`` block.
+
+    Parameters
+    ----------
+    nbytes : int
+        Positive number of bytes the column buffer of one call may use.
+
+    Notes
+    -----
+    The batch is split into chunks of ``max(1, nbytes // bytes_per_sample)``
+    samples, where ``bytes_per_sample = C_in * prod(K) * prod(O) * itemsize``.
+    Results do not depend on the limit (tests check they are identical).
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> x = np.ones((4, 1, 5, 5)); w = np.ones((1, 1, 3, 3))
+    >>> with ib.workspace_limit(1000):        # one sample's columns: 9*9*8 = 648 bytes
+    ...     y = ib.conv(x, w)
+    >>> float(y[3, 0, 0, 0])
+    9.0
+    """
+    token = _limit.set(as_int(nbytes, "workspace limit (bytes)", 1))
+    try:
+        yield nbytes
+    finally:
+        _limit.reset(token)
+
+
+def samples_per_chunk(batch: int, bytes_per_sample: int, limit: int | None = None) -> int:
+    """How many samples one chunk may hold: at least 1, at most ``batch``.
+
+    Examples
+    --------
+    >>> samples_per_chunk(10, 300, limit=1000)
+    3
+    >>> samples_per_chunk(10, 5000, limit=1000)   # a chunk of one runs above the limit
+    1
+    """
+    if limit is None:
+        limit = get_workspace_limit()
+    if bytes_per_sample <= 0:
+        return max(batch, 1)
+    return max(1, min(batch, limit // bytes_per_sample))
+
+
+def chunk_slices(batch: int, chunk: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(batch)`` of length ``chunk`` (last may be shorter).
+
+    Examples
+    --------
+    >>> list(chunk_slices(5, 2))
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    for start in range(0, batch, chunk):
+        yield slice(start, min(start + chunk, batch))
