@@ -108,9 +108,12 @@ def _parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pair
         )
     items = tuple(padding)
     if len(items) != rank:
+        hint = ""
+        if rank == 1 and len(items) == 2:
+            hint = f"; for (before, after) padding of a 1-D input write ({tuple(items)!r},)"
         raise ValueError(
             f"padding must have one entry per spatial axis ({rank}), got {len(items)}: "
-            f"{padding!r}"
+            f"{padding!r}{hint}"
         )
     pairs = []
     for axis, item in enumerate(items):
@@ -525,6 +528,7 @@ def conv_transpose_geometry(
 
 
 def check_array_shape(shape: Sequence[int], expected: Sequence[int], name: str, why: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``shape == expected``."""
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)} ({why}), got {tuple(shape)}")
 

@@ -215,9 +215,9 @@ def adjoint_mismatch(
     x = np.asarray(x)
     y = np.asarray(y)
     ax = np.asarray(forward(x.copy()))
-    aty = np.asarray(adjoint(y.copy()))
     if ax.shape != y.shape:
         raise ValueError(f"forward(x) has shape {ax.shape} but y has shape {y.shape}")
+    aty = np.asarray(adjoint(y.copy()))
     if aty.shape != x.shape:
         raise ValueError(f"adjoint(y) has shape {aty.shape} but x has shape {x.shape}")
     left = float(np.sum(_float64(ax, "forward(x)") * _float64(y, "y")))

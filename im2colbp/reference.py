@@ -90,7 +90,7 @@ def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray
     source = padded_index.ravel()  # (prod(padded_size),): source sample of each position
     keep = source >= 0
     lead = grad_padded.shape[: grad_padded.ndim - window.rank]  # (N, C)
-    grad_flat = grad_padded.reshape(lead + (-1,))  # (N, C, prod(padded_size))
+    grad_flat = grad_padded.reshape(lead + (source.size,))  # (N, C, prod(padded_size))
     dx_flat = np.zeros(lead + (math.prod(in_size),), dtype=grad_padded.dtype)  # (N, C, prod(I))
     np.add.at(dx_flat, (Ellipsis, source[keep]), grad_flat[..., keep])
     return dx_flat.reshape(lead + in_size)
@@ -241,17 +241,18 @@ def conv(
     x_padded = _pad(_batched(x, geometry).astype(dtype, copy=False), window)  # (N, C_in, *padded)
     w = w.astype(dtype, copy=False)
     batch = x_padded.shape[0]
+    c_in = geometry.in_channels // geometry.groups
     y = np.zeros((batch, geometry.out_channels) + window.out_size, dtype=dtype)  # (N, C_out, *O)
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K), the samples output `position` reads
         for group in range(geometry.groups):
             ins, outs = _group_slices(geometry, group)
-            x_field = field[:, ins].reshape(batch, -1, kernel_volume)  # (N, C_in/G, ∏K)
+            x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             w_group = w[outs].reshape(w[outs].shape[:2] + (kernel_volume,))  # (C_out/G, C_in/G, ∏K)
             y[(slice(None), outs) + position] = np.einsum("nck,ock->no", x_field, w_group)
     if b is not None:
-        y += b.astype(dtype, copy=False).reshape((-1,) + (1,) * window.rank)
+        y += b.astype(dtype, copy=False).reshape(b.shape + (1,) * window.rank)
     return _unbatched(y, geometry)
 
 
@@ -389,13 +390,14 @@ def conv_grad_weight(
     x_padded = _pad(_batched(x, geometry).astype(dtype, copy=False), window)  # (N, C_in, *padded)
     dy = _batched(dy, geometry).astype(dtype, copy=False)  # (N, C_out, *O)
     batch = x_padded.shape[0]
+    c_in = geometry.in_channels // geometry.groups
     dw = np.zeros(geometry.weight_shape, dtype=dtype)  # (C_out, C_in/G, *K)
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K)
         for group in range(geometry.groups):
             ins, outs = _group_slices(geometry, group)
-            x_field = field[:, ins].reshape(batch, -1, kernel_volume)  # (N, C_in/G, ∏K)
+            x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             dy_here = dy[(slice(None), outs) + position]  # (N, C_out/G)
             contribution = np.einsum("no,nck->ock", dy_here, x_field)  # (C_out/G, C_in/G, ∏K)
             dw[outs] += contribution.reshape(dw[outs].shape)
@@ -552,5 +554,5 @@ def conv_transpose(
     else:
         y = _fold_padding(y_padded, window)
     if b is not None:
-        y += b.astype(dtype, copy=False).reshape((-1,) + (1,) * window.rank)
+        y += b.astype(dtype, copy=False).reshape(b.shape + (1,) * window.rank)
     return _unbatched(y, geometry)
