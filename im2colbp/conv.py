@@ -122,6 +122,14 @@ def _lowered_pass(
     need_cols = product or weight_grad
     pointwise = window.is_pointwise
 
+    if c_in == 0 or c_out == 0 or batch == 0:
+        # Empty sums: nothing to lower (and `groups` may be anything that divides 0).
+        return (
+            np.zeros((batch, c_out) + window.out_size, dtype=dtype) if product else None,
+            np.zeros(geometry.weight_shape, dtype=dtype) if weight_grad else None,
+            np.zeros((batch, c_in) + window.in_size, dtype=dtype) if scatter else None,
+            None,
+        )
     if weight is not None:
         w_groups = weight.reshape(groups, filters_g, rows_g)  # (G, C_out/G, C_in/G·∏K)
         w_groups_t = w_groups.transpose(0, 2, 1)  # (G, C_in/G·∏K, C_out/G)

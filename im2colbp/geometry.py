@@ -51,21 +51,24 @@ Pairs = Tuple[Tuple[int, int], ...]
 # scalars and tuples
 # --------------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d integer array counts as its integer
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def as_int(value: Any, name: str, minimum: int) -> int:
-    """Return ``value`` as a Python int ``>= minimum`` or raise a clear error."""
+def as_int(value: Any, name: str, minimum: Optional[int]) -> int:
+    """Return ``value`` as a Python int ``>= minimum`` (if given) or raise a clear error."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
-    if value < minimum:
+    if minimum is not None and value < minimum:
         bound = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
 
 
-def as_int_tuple(value: Any, rank: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
+def as_int_tuple(value: Any, rank: int, name: str,
+                 minimum: Optional[int] = 1) -> Tuple[int, ...]:
     """Normalise an int or a length-``rank`` sequence of ints to a tuple."""
     if _is_int(value):
         return (as_int(value, name, minimum),) * rank
@@ -216,11 +219,12 @@ class WindowGeometry:
 
     @property
     def is_pointwise(self) -> bool:
-        """1×…×1 kernel, stride 1, no padding: the columns are the input itself."""
+        """1×…×1 kernel, stride 1, no padding, no crop: the columns are the input itself."""
         return (
             all(k == 1 for k in self.kernel_size)
             and all(s == 1 for s in self.stride)
             and not self.is_padded
+            and self.out_size == self.in_size
         )
 
 
@@ -280,7 +284,7 @@ def window_geometry(
     ``out_size`` may be given to *crop* the output to fewer positions than
     fit (used by transposed convolution when ``output_padding >= stride``).
     """
-    in_size = tuple(int(i) for i in in_size)
+    in_size = as_shape(in_size, "spatial size")
     rank = len(in_size)
     if rank < 1:
         raise ValueError("convolution needs at least one spatial axis (rank r >= 1)")
@@ -332,11 +336,14 @@ def window_geometry(
 # --------------------------------------------------------------------------
 # shapes of arrays
 # --------------------------------------------------------------------------
-def _shape(value: Any, name: str) -> Tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in value)
-    except TypeError:
-        raise TypeError(f"{name} must be a tuple of ints, got {value!r}") from None
+def as_shape(value: Any, name: str) -> Tuple[int, ...]:
+    """Return ``value`` as a tuple of non-negative ints or raise a clear error."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    items = tuple(value)
+    if not all(_is_int(item) for item in items):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    shape = tuple(int(item) for item in items)
     if any(s < 0 for s in shape):
         raise ValueError(f"{name} must not contain negative sizes, got {shape}")
     return shape
@@ -392,9 +399,9 @@ def conv_geometry(
     padding_mode: str = "zeros",
 ) -> ConvGeometry:
     """Validate a convolution's arguments; see :func:`im2colbp.conv`."""
-    weight_shape = _shape(weight_shape, "weight shape")
+    weight_shape = as_shape(weight_shape, "weight shape")
     rank = _weight_rank(weight_shape)
-    input_shape = _shape(input_shape, "input shape")
+    input_shape = as_shape(input_shape, "input shape")
     batched, batch, channels, in_size = _split_input(input_shape, rank, "input")
     groups = as_int(groups, "groups", 1)
     out_channels, group_channels = weight_shape[0], weight_shape[1]
@@ -439,9 +446,9 @@ def conv_transpose_geometry(
     transposed convolution is: its input is the transposed convolution's
     output ``(N, C_out, *O_t)`` and its output is ``x`` ``(N, C_in, *I_t)``.
     """
-    weight_shape = _shape(weight_shape, "weight shape")
+    weight_shape = as_shape(weight_shape, "weight shape")
     rank = _weight_rank(weight_shape)
-    input_shape = _shape(input_shape, "input shape")
+    input_shape = as_shape(input_shape, "input shape")
     batched, batch, channels, in_size = _split_input(input_shape, rank, "input")
     for axis, size in enumerate(in_size):
         if size < 1:
@@ -464,20 +471,20 @@ def conv_transpose_geometry(
     stride_t = as_int_tuple(stride, rank, "stride", 1)
     dilation_t = as_int_tuple(dilation, rank, "dilation", 1)
     pairs = _parse_padding(padding, rank, allow_same=False)
-    out_pad = as_int_tuple(output_padding, rank, "output_padding", 0)
+    out_pad = as_int_tuple(output_padding, rank, "output_padding", None)
     smallest = tuple(
         (i - 1) * s - b - a + d * (k - 1) + 1
         for i, s, (b, a), d, k in zip(in_size, stride_t, pairs, dilation_t, kernel)
     )
     limit = tuple(max(s, d) for s, d in zip(stride_t, dilation_t))
     for axis, (op, lim) in enumerate(zip(out_pad, limit)):
-        if op >= lim:
+        if not 0 <= op < lim:
             raise ValueError(
                 f"output_padding must satisfy 0 <= output_padding < max(stride, dilation) = "
                 f"{lim} on spatial axis {axis}, got {op}"
             )
     if output_size is not None:
-        requested = _shape(output_size, "output_size")
+        requested = as_shape(output_size, "output_size")
         if len(requested) in (rank + 1, rank + 2):
             lead = tuple(requested[:-rank])
             expected = ((batch,) if batched else ()) + (out_channels,)
@@ -518,6 +525,11 @@ def conv_transpose_geometry(
                 f"with I={in_size[axis]}, S={stride_t[axis]}, P={pairs[axis]}, "
                 f"D={dilation_t[axis]}, K={kernel[axis]}, output_padding={out_pad[axis]}"
             )
+    _check_elements(
+        math.prod(out_size),
+        f"the transposed-convolution output of spatial size {out_size} (input {in_size}, "
+        f"stride {stride_t}, dilation {dilation_t}, kernel {kernel})",
+    )
     window = window_geometry(
         out_size, kernel, stride_t, pairs, dilation_t, padding_mode,
         allow_same=False, out_size=in_size,

@@ -25,6 +25,7 @@ from .geometry import (
     WindowGeometry,
     _is_int,
     as_float_array,
+    as_shape,
     window_geometry,
 )
 
@@ -275,11 +276,7 @@ def col2im(
     array([[[1., 2., 3., 2., 1.]]])
     """
     cols = as_float_array(cols, "cols")
-    if isinstance(output_size, (str, bytes)) or _is_int(output_size):
-        raise TypeError(
-            f"output_size must be a tuple with the r spatial sizes, got {output_size!r}"
-        )
-    output_size = tuple(output_size)
+    output_size = as_shape(output_size, "output_size")
     window = window_geometry(output_size, kernel_size, stride, padding, dilation)
     if cols.ndim not in (2, 3):
         raise ValueError(

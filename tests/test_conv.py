@@ -326,3 +326,17 @@ def test_conv_transpose_output_size_picks_output_padding(rng):
             y, ib.conv_transpose(x, w, stride=2, padding=1, output_padding=size - 7))
     assert ib.conv_transpose(x, w, stride=2, padding=1, output_size=(1, 3, 8, 7)).shape == \
         (1, 3, 8, 7)
+
+
+def test_pointwise_transposed_with_crop(rng):
+    """1-wide kernel, stride 1, dilation 2, output_padding 1: the output is one sample
+    longer than the input, so the columns are NOT the input itself (regression)."""
+    x, w = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 2, 1))
+    y, ctx = ib.conv_transpose_forward(x, w, dilation=2, output_padding=1)
+    assert y.shape == (2, 2, 5)
+    np.testing.assert_allclose(y, reference.conv_transpose(x, w, dilation=2, output_padding=1),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(y[..., -1], 0)
+    grads = ib.conv_transpose_backward(np.ones(y.shape), ctx)
+    np.testing.assert_allclose(grads.input, np.broadcast_to(w.sum(axis=(1, 2)), (2, 4, 3))
+                               .transpose(0, 2, 1), rtol=1e-12)

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import MAX_SIZE, PADDING_MODES, paddings
 
 import im2colbp as ib
 from im2colbp.geometry import window_geometry
 from im2colbp.lowering import pad, unpad_add
-
-from strategies import MAX_SIZE, PADDING_MODES, paddings
 
 NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
