@@ -20,6 +20,13 @@ from .conv import (
 )
 from .geometry import PADDING_MODES, ConvGeometry, WindowGeometry
 from .lowering import col2im, im2col
+from .operators import conv_operator, im2col_operator
+from .transposition import (
+    backprop_kernel,
+    conv_grad_input_by_transposition,
+    conv_grad_weight_by_correlation,
+    zero_insert,
+)
 from .workspace import (
     DEFAULT_WORKSPACE_LIMIT,
     get_workspace_limit,
@@ -36,18 +43,24 @@ __all__ = [
     "DEFAULT_WORKSPACE_LIMIT",
     "PADDING_MODES",
     "WindowGeometry",
+    "backprop_kernel",
     "col2im",
     "conv",
     "conv_backward",
     "conv_forward",
     "conv_grad_bias",
     "conv_grad_input",
+    "conv_grad_input_by_transposition",
     "conv_grad_weight",
+    "conv_grad_weight_by_correlation",
+    "conv_operator",
     "conv_transpose",
     "conv_transpose_backward",
     "conv_transpose_forward",
     "get_workspace_limit",
     "im2col",
+    "im2col_operator",
     "set_workspace_limit",
     "workspace_limit",
+    "zero_insert",
 ]

@@ -39,7 +39,7 @@ from .geometry import (
     result_dtype,
 )
 from .lowering import col2im_add, columns_nbytes, im2col_into, pad_into, unpad_add
-from .workspace import chunk_slices, get_workspace_limit, samples_per_chunk
+from .workspace import chunk_slices, get_workspace_limit, samples_per_chunk, scratch
 
 __all__ = [
     "ConvGrads",
@@ -86,6 +86,12 @@ class ConvContext:
 # --------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------
+#: Preferred bytes of one chunk's column buffer (capped by the workspace limit):
+#: small enough that the columns im2col writes are still in the last-level
+#: cache when the GEMM reads them, large enough to keep the GEMMs efficient.
+PREFERRED_CHUNK_BYTES = 8 * 2**20
+
+
 def _lowered_pass(
     geometry: ConvGeometry,
     dtype: np.dtype,
@@ -111,16 +117,16 @@ def _lowered_pass(
     - product ``W · cols`` -> (N, C_out, *O)
     - weight_grad ``Σ_n δ · colsᵀ`` -> (C_out, C_in/G, *K)
     - scatter ``col2im(Wᵀ · δ)`` -> (N, C_in, *I)
-    - kept_cols: the whole batch's columns when ``keep_cols`` and they fit.
+    - kept_cols: the whole batch's columns, when ``keep_cols`` and they fit the
+      workspace limit (a fresh array, never scratch memory).
     """
     window = geometry.window
     batch, groups = geometry.batch, geometry.groups
     c_in, c_out = geometry.in_channels, geometry.out_channels
-    rows_g = c_in // groups * window.kernel_volume  # rows of one group's column matrix
-    filters_g = c_out // groups
+    rows_g = c_in // groups * window.kernel_volume  # R: rows of one group's column matrix
+    filters_g = c_out // groups  # F: filters of one group
     positions = window.out_volume  # L
     need_cols = product or weight_grad
-    pointwise = window.is_pointwise
 
     if c_in == 0 or c_out == 0 or batch == 0:
         # Empty sums: nothing to lower (and `groups` may be anything that divides 0).
@@ -131,39 +137,47 @@ def _lowered_pass(
             None,
         )
     if weight is not None:
-        w_groups = weight.reshape(groups, filters_g, rows_g)  # (G, C_out/G, C_in/G·∏K)
-        w_groups_t = w_groups.transpose(0, 2, 1)  # (G, C_in/G·∏K, C_out/G)
+        w_groups = weight.reshape(groups, filters_g, rows_g)  # (G, F, R)
+        w_groups_t = w_groups.transpose(0, 2, 1)  # (G, R, F)
 
     y = np.empty((batch, c_out) + window.out_size, dtype=dtype) if product else None
     dw = np.zeros((groups, filters_g, rows_g), dtype=dtype) if weight_grad else None
     dx = np.empty((batch, c_in) + window.in_size, dtype=dtype) if scatter else None
 
-    # Buffers: columns built from `source`, and columns scattered into dx.
+    pointwise = window.is_pointwise  # the columns are the input itself
     build = need_cols and cached_cols is None and not pointwise
-    scatter_buffer = scatter and not pointwise
     per_sample = columns_nbytes(window, c_in, dtype.itemsize)
-    buffers = int(build) + int(scatter_buffer and not build)  # scatter reuses the build buffer
-    chunk = samples_per_chunk(batch, per_sample * max(buffers, 1), get_workspace_limit())
-    keep = keep_cols and build and chunk >= batch and batch > 0
+    limit = get_workspace_limit()
+    keep = keep_cols and build and batch * per_sample <= limit
+    if keep:
+        chunk = batch
+    elif pointwise:
+        chunk = batch
+    else:
+        chunk = samples_per_chunk(batch, per_sample, min(limit, PREFERRED_CHUNK_BYTES))
 
+    column_shape = (chunk, c_in) + window.kernel_size + window.out_size  # (n, C, *K, *O)
     cols_buffer = None
-    if build or scatter_buffer:
-        cols_buffer = np.empty((chunk, c_in) + window.kernel_size + window.out_size, dtype=dtype)
+    if keep:
+        cols_buffer = np.empty(column_shape, dtype=dtype)
+    elif build or (scatter and not pointwise):
+        cols_buffer = scratch("columns", column_shape, dtype)
     padded_buffer = None
-    if (build and window.is_padded) or scatter_buffer:
-        # zeros: 'zeros' padding relies on the border staying zero across chunks
-        padded_buffer = np.zeros((chunk, c_in) + window.padded_size, dtype=dtype)
+    if window.is_padded and (build or (scatter and not pointwise)):
+        padded_buffer = scratch("padded", (chunk, c_in) + window.padded_size, dtype)
+    if weight_grad:
+        dw_part = scratch("weight_grad", (groups, filters_g, rows_g), dtype)
 
     for part in chunk_slices(batch, chunk):
         n = part.stop - part.start
-        cols = None
+        cols = None  # (n, G, R, L)
         if need_cols:
             if cached_cols is not None:
                 cols = cached_cols[part].reshape(n, groups, rows_g, positions)
             elif pointwise:
                 cols = source[part].reshape(n, groups, rows_g, positions)
             else:
-                if window.is_padded:
+                if padded_buffer is not None:
                     pad_into(source[part], window, padded_buffer[:n])
                     padded = padded_buffer[:n]
                 else:
@@ -177,21 +191,26 @@ def _lowered_pass(
             delta_g = delta[part].reshape(n, groups, filters_g, positions)
             for sample in range(n):
                 # (G, F, L) @ (G, L, R) -> (G, F, R)
-                dw += np.matmul(delta_g[sample], cols[sample].transpose(0, 2, 1))
+                np.matmul(delta_g[sample], cols[sample].transpose(0, 2, 1), out=dw_part)
+                dw += dw_part
         if scatter:
             delta_g = delta[part].reshape(n, groups, filters_g, positions)
             if pointwise:
                 np.matmul(w_groups_t, delta_g, out=dx[part].reshape(n, groups, rows_g, positions))
+                continue
+            dcols = cols_buffer[:n].reshape(n, groups, rows_g, positions)
+            if filters_g == 1:
+                # one filter per group (depthwise): Wᵀ·δ is an outer product, which
+                # broadcasting does faster than a GEMM with inner dimension 1
+                np.multiply(w_groups_t, delta_g, out=dcols)
             else:
                 # (G, R, F) @ (n, G, F, L) -> (n, G, R, L): the columns of dx
-                dcols = cols_buffer[:n]
-                np.matmul(w_groups_t, delta_g, out=dcols.reshape(n, groups, rows_g, positions))
-                grad_padded = padded_buffer[:n]
-                grad_padded[...] = 0
-                col2im_add(dcols, window, grad_padded)
+                np.matmul(w_groups_t, delta_g, out=dcols)
+            grad_padded = padded_buffer[:n] if padded_buffer is not None else dx[part]
+            grad_padded[...] = 0
+            col2im_add(cols_buffer[:n], window, grad_padded)
+            if padded_buffer is not None:
                 dx[part] = unpad_add(grad_padded, window)
-                if window.padding_mode == "zeros" and window.is_padded:
-                    grad_padded[...] = 0  # keep the zero-border invariant for the next build
 
     kept = None
     if keep:
@@ -385,7 +404,9 @@ def conv_backward(dy: Any, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
             [2., 2.]]]), bias=None)
     """
     if not isinstance(ctx, ConvContext):
-        raise TypeError(f"ctx must be the ConvContext returned by forward, got {type(ctx).__name__}")
+        raise TypeError(
+            f"ctx must be the ConvContext returned by forward, got {type(ctx).__name__}"
+        )
     if ctx.transposed:
         return conv_transpose_backward(dy, ctx, wrt=wrt)
     want_input, want_weight, want_bias = _parse_wrt(wrt)

@@ -59,8 +59,7 @@ def _axis_index(ndim: int, axis: int, index) -> tuple:
 def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
     """Write ``x`` (..., *I) padded per ``window`` into ``out`` (..., *padded).
 
-    For ``'zeros'`` only the interior is written: the caller provides ``out``
-    with zero borders (a zeroed buffer stays valid across reuse).
+    Every element of ``out`` is written, so ``out`` may hold anything before.
     """
     r = window.rank
     lead = x.ndim - r
@@ -69,6 +68,9 @@ def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
     )
     out[interior] = x
     if window.padding_mode == "zeros":
+        for axis, (size, (before, _)) in enumerate(zip(window.in_size, window.padding)):
+            out[_axis_index(out.ndim, lead + axis, slice(0, before))] = 0
+            out[_axis_index(out.ndim, lead + axis, slice(before + size, None))] = 0
         return
     # Axis by axis: after axis a is done, every slab along a holds its value for
     # the interior of later axes, so later axes copy already-padded slabs.
@@ -83,7 +85,7 @@ def pad(x: np.ndarray, window: WindowGeometry) -> np.ndarray:
     """Return ``x`` (..., *I) padded per ``window`` as a new array (..., *padded)."""
     if not window.is_padded:
         return x
-    out = np.zeros(x.shape[: x.ndim - window.rank] + window.padded_size, dtype=x.dtype)
+    out = np.empty(x.shape[: x.ndim - window.rank] + window.padded_size, dtype=x.dtype)
     pad_into(x, window, out)
     return out
 

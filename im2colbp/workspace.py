@@ -12,14 +12,20 @@ each see their own value.
 
 from __future__ import annotations
 
+import math
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Dict, Iterator, Sequence
+
+import numpy as np
 
 from .geometry import as_int
 
 __all__ = [
     "DEFAULT_WORKSPACE_LIMIT",
+    "scratch",
+    "release_scratch",
     "get_workspace_limit",
     "set_workspace_limit",
     "workspace_limit",
@@ -122,3 +128,43 @@ def chunk_slices(batch: int, chunk: int) -> Iterator[slice]:
     """
     for start in range(0, batch, chunk):
         yield slice(start, min(start + chunk, batch))
+
+
+# --------------------------------------------------------------------------
+# reusable scratch buffers
+# --------------------------------------------------------------------------
+#: Scratch buffers up to this size are kept between calls (per thread), so that
+#: repeated convolutions do not pay the kernel's page faults for fresh memory
+#: every time. Larger ones are allocated per call and freed.
+RETAINED_SCRATCH_BYTES = 64 * 2**20
+
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """A reusable buffer of ``shape`` and ``dtype`` for this thread; contents undefined.
+
+    The same ``name`` returns the same memory on the next call, so a caller
+    must never hand a scratch array (or a view of it) to its own caller.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffers: Dict[str, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffers.pop(name, None)
+        buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
+        if nbytes <= RETAINED_SCRATCH_BYTES:
+            buffers[name] = buffer
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch() -> None:
+    """Free the scratch buffers this thread keeps between calls.
+
+    Examples
+    --------
+    >>> from im2colbp.workspace import release_scratch
+    >>> release_scratch()
+    """
+    _scratch.__dict__.pop("buffers", None)
