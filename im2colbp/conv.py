@@ -9,8 +9,9 @@ Per sample n and group g, with ``cols = im2col(x)`` laid out channel-major,
     input gradient     dx[n]    = col2im(W_gᵀ · δ[n, g])       (scatter-add)
     bias gradient      db       = Σ_{n, o} δ[n, :, o]
 
-(The row-major textbook form ``Y = X_col·W`` is the same product transposed;
-keeping columns per sample avoids transposing y and δ.)
+(The row-major textbook form ``Y = X_col·W`` is the same product transposed.)
+In memory the columns of a chunk of samples sit side by side, ``(C_in/G·∏K, n·L)``
+per group, so each of the three products is *one* GEMM per chunk and group.
 
 A transposed convolution *is* the input gradient of a convolution, so it runs
 the same code with the roles of x and δ exchanged:
@@ -20,11 +21,12 @@ the same code with the roles of x and δ exchanged:
     its weight gradient         = conv_grad_weight(δ=x, x=δ_t)
 
 Every pass goes through :func:`_lowered_pass`, which walks the batch in chunks
-whose columns fit the workspace limit.
+whose columns fit the workspace limit (and, for speed, the cache).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -38,7 +40,17 @@ from .geometry import (
     conv_transpose_geometry,
     result_dtype,
 )
-from .lowering import col2im_add, columns_nbytes, im2col_into, pad_into, unpad_add
+from .lowering import col2im_add, im2col_into, pad_into, unpad_add
+from .wide_lowering import (
+    merge_phases,
+    narrow,
+    split_phases_into,
+    wide_col2im_add,
+    wide_im2col_into,
+    wide_layout,
+    widen,
+    zero_garbage,
+)
 from .workspace import chunk_slices, get_workspace_limit, samples_per_chunk, scratch
 
 __all__ = [
@@ -71,8 +83,10 @@ class ConvContext:
     """What backward needs from forward.
 
     ``x`` and ``weight`` are held by reference (not copied): modifying them
-    between forward and backward changes the gradients.
-    ``cols`` holds the column matrix when it fitted the workspace limit.
+    between forward and backward changes the gradients. ``columns`` keeps the
+    column matrix only when the whole batch's columns were a single chunk
+    (at most ``PREFERRED_CHUNK_BYTES`` and the workspace limit); otherwise
+    backward rebuilds them chunk by chunk, while they are still in cache.
     """
 
     geometry: ConvGeometry
@@ -80,16 +94,111 @@ class ConvContext:
     weight: np.ndarray
     has_bias: bool
     transposed: bool
-    cols: Optional[np.ndarray] = None
+    columns: Optional[_KeptColumns] = None
 
 
 # --------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------
+#: Use the phase-split, widened columns of :mod:`im2colbp.wide_lowering` where
+#: they waste little (tests switch it off to cover the plain path too).
+USE_WIDE_LOWERING = True
+
 #: Preferred bytes of one chunk's column buffer (capped by the workspace limit):
 #: small enough that the columns im2col writes are still in the last-level
 #: cache when the GEMM reads them, large enough to keep the GEMMs efficient.
 PREFERRED_CHUNK_BYTES = 8 * 2**20
+
+
+class _Columns:
+    """How one pass lays out its columns: plain strided slices or the wide layout.
+
+    Either way the chunk's columns live *batch inside*, as a
+    ``(C_in, prod(K), n, L_s)`` array (L_s = L, or L_wide for the wide layout),
+    so that every group's column matrix ``(C_in/G·prod(K), n·L_s)`` is
+    contiguous and each GEMM covers the whole chunk at once. y and δ move
+    between ``(n, C_out, *O)`` and the GEMM's ``(C_out, n, L_s)`` with one
+    transposing copy each — cheap next to the columns, which are prod(K)·C_in/C_out
+    times larger.
+    """
+
+    def __init__(self, geometry: ConvGeometry, dtype: np.dtype, wide: bool):
+        self.window = window = geometry.window
+        self.dtype = dtype
+        self.channels = geometry.in_channels
+        self.layout = wide_layout(window) if wide else None
+        self.positions = (self.layout.wide_positions if self.layout is not None
+                          else window.out_volume)  # L_s
+
+    def sample_nbytes(self) -> int:
+        return self.channels * self.window.kernel_volume * self.positions * self.dtype.itemsize
+
+    def buffer(self, n: int) -> np.ndarray:
+        """The chunk's column scratch, (C_in, prod(K), n, L_s)."""
+        return scratch("columns", (self.channels, self.window.kernel_volume, n, self.positions),
+                       self.dtype)
+
+    def _per_sample_view(self, cols: np.ndarray) -> np.ndarray:
+        """(n, C_in, prod(K), L_s) or (n, C_in, *K, *O) view of the batch-inside buffer."""
+        view = cols.transpose(2, 0, 1, 3)
+        if self.layout is None:
+            window = self.window
+            view = view.reshape(view.shape[:2] + window.kernel_size + window.out_size)
+        return view
+
+    def build(self, source: np.ndarray, cols: np.ndarray) -> None:
+        """Columns of ``source`` (n, C_in, *I) into ``cols`` (C_in, prod(K), n, L_s)."""
+        n = source.shape[0]
+        if self.layout is not None:
+            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
+            split_phases_into(source, self.layout, rows, self._extended(n))
+            wide_im2col_into(rows, self.layout, self._per_sample_view(cols))
+        else:
+            padded = source
+            if self.window.is_padded:
+                padded = scratch("padded", (n, self.channels) + self.window.padded_size,
+                                 self.dtype)
+                pad_into(source, self.window, padded)
+            im2col_into(padded, self.window, self._per_sample_view(cols))
+
+    def scatter(self, cols: np.ndarray, dx: np.ndarray) -> None:
+        """col2im of ``cols`` (C_in, prod(K), n, L_s) into ``dx`` (n, C_in, *I)."""
+        n = dx.shape[0]
+        if self.layout is not None:
+            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
+            rows[...] = 0
+            wide_col2im_add(self._per_sample_view(cols), self.layout, rows)
+            dx[...] = merge_phases(rows, self.layout, self._extended(n))
+            return
+        if not self.window.is_padded:
+            dx[...] = 0
+            col2im_add(self._per_sample_view(cols), self.window, dx)
+            return
+        grad_padded = scratch("padded", (n, self.channels) + self.window.padded_size, self.dtype)
+        grad_padded[...] = 0
+        col2im_add(self._per_sample_view(cols), self.window, grad_padded)
+        dx[...] = unpad_add(grad_padded, self.window)
+
+    def _extended(self, n: int) -> Optional[np.ndarray]:
+        if math.prod(self.window.stride) == 1:
+            return None
+        return scratch("extended", (n, self.channels) + self.layout.extended_size, self.dtype)
+
+    def to_gemm(self, array: np.ndarray, out: np.ndarray) -> None:
+        """``array`` (n, F, *O) into ``out`` (F, n, L_s), zero at wide-only positions."""
+        transposed = array.swapaxes(0, 1)  # (F, n, *O)
+        if self.layout is None:
+            out.reshape(transposed.shape)[...] = transposed
+        else:
+            widen(transposed, self.layout, out)
+
+    def from_gemm(self, gemm: np.ndarray) -> np.ndarray:
+        """View (n, F, *O) of ``gemm`` (F, n, L_s)."""
+        if self.layout is None:
+            view = gemm.reshape(gemm.shape[:2] + self.window.out_size)
+        else:
+            view = narrow(gemm, self.layout)
+        return view.swapaxes(0, 1)
 
 
 def _lowered_pass(
@@ -97,127 +206,114 @@ def _lowered_pass(
     dtype: np.dtype,
     *,
     source: Optional[np.ndarray] = None,
-    cached_cols: Optional[np.ndarray] = None,
     weight: Optional[np.ndarray] = None,
     delta: Optional[np.ndarray] = None,
     product: bool = False,
     weight_grad: bool = False,
     scatter: bool = False,
-    keep_cols: bool = False,
-) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
-    """One pass over the batch in workspace-sized chunks.
+    keep_columns: bool = False,
+    kept_columns: Optional[_KeptColumns] = None,
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray],
+           Optional[_KeptColumns]]:
+    """One pass over the batch in workspace-sized chunks; per chunk, one GEMM each.
 
-    All arrays are batched and already of ``dtype``:
-    ``source`` (N, C_in, *I) is the array whose columns are needed (or
-    ``cached_cols`` (N, C_in*prod(K), L) holds them); ``weight`` (C_out, C_in/G, *K);
-    ``delta`` (N, C_out, *O).
+    All arrays are batched and already of ``dtype``: ``source`` (N, C_in, *I)
+    is the array whose columns are needed, ``weight`` (C_out, C_in/G, *K),
+    ``delta`` (N, C_out, *O). Returns ``(product, weight_grad, scatter, kept)``:
 
-    Returns ``(product, weight_grad, scatter, kept_cols)``:
-
-    - product ``W · cols`` -> (N, C_out, *O)
-    - weight_grad ``Σ_n δ · colsᵀ`` -> (C_out, C_in/G, *K)
-    - scatter ``col2im(Wᵀ · δ)`` -> (N, C_in, *I)
-    - kept_cols: the whole batch's columns, when ``keep_cols`` and they fit the
-      workspace limit (a fresh array, never scratch memory).
+    - product      ``W · cols``          -> (N, C_out, *O)
+    - weight_grad  ``Σ_n δ · colsᵀ``     -> (C_out, C_in/G, *K)
+    - scatter      ``col2im(Wᵀ · δ)``    -> (N, C_in, *I)
+    - kept         with ``keep_columns``, the whole batch's columns when they
+      form a single chunk anyway (then backward need not rebuild them);
+      ``kept_columns`` passes them back in.
     """
     window = geometry.window
     batch, groups = geometry.batch, geometry.groups
     c_in, c_out = geometry.in_channels, geometry.out_channels
-    rows_g = c_in // groups * window.kernel_volume  # R: rows of one group's column matrix
-    filters_g = c_out // groups  # F: filters of one group
-    positions = window.out_volume  # L
-    need_cols = product or weight_grad
-
+    y = np.empty((batch, c_out) + window.out_size, dtype=dtype) if product else None
+    dw = np.zeros(geometry.weight_shape, dtype=dtype) if weight_grad else None
+    dx = np.empty((batch, c_in) + window.in_size, dtype=dtype) if scatter else None
     if c_in == 0 or c_out == 0 or batch == 0:
         # Empty sums: nothing to lower (and `groups` may be anything that divides 0).
-        return (
-            np.zeros((batch, c_out) + window.out_size, dtype=dtype) if product else None,
-            np.zeros(geometry.weight_shape, dtype=dtype) if weight_grad else None,
-            np.zeros((batch, c_in) + window.in_size, dtype=dtype) if scatter else None,
-            None,
-        )
+        if y is not None:
+            y[...] = 0
+        if dx is not None:
+            dx[...] = 0
+        return y, dw, dx, None
+
+    rows_g = c_in // groups * window.kernel_volume  # R: rows of one group's column matrix
+    filters_g = c_out // groups  # F: filters of one group
     if weight is not None:
         w_groups = weight.reshape(groups, filters_g, rows_g)  # (G, F, R)
-        w_groups_t = w_groups.transpose(0, 2, 1)  # (G, R, F)
-
-    y = np.empty((batch, c_out) + window.out_size, dtype=dtype) if product else None
-    dw = np.zeros((groups, filters_g, rows_g), dtype=dtype) if weight_grad else None
-    dx = np.empty((batch, c_in) + window.in_size, dtype=dtype) if scatter else None
-
-    pointwise = window.is_pointwise  # the columns are the input itself
-    build = need_cols and cached_cols is None and not pointwise
-    per_sample = columns_nbytes(window, c_in, dtype.itemsize)
-    limit = get_workspace_limit()
-    keep = keep_cols and build and batch * per_sample <= limit
-    if keep:
-        chunk = batch
-    elif pointwise:
+    if dw is not None:
+        dw_groups = dw.reshape(groups, filters_g, rows_g)
+        dw_part = scratch("weight_grad", (groups, filters_g, rows_g), dtype)
+    columns = _Columns(geometry, dtype, USE_WIDE_LOWERING)
+    positions = columns.positions  # L_s
+    chunk = samples_per_chunk(batch, columns.sample_nbytes(),
+                              min(get_workspace_limit(), PREFERRED_CHUNK_BYTES))
+    if kept_columns is not None and kept_columns.matches(columns, batch):
         chunk = batch
     else:
-        chunk = samples_per_chunk(batch, per_sample, min(limit, PREFERRED_CHUNK_BYTES))
-
-    column_shape = (chunk, c_in) + window.kernel_size + window.out_size  # (n, C, *K, *O)
-    cols_buffer = None
-    if keep:
-        cols_buffer = np.empty(column_shape, dtype=dtype)
-    elif build or (scatter and not pointwise):
-        cols_buffer = scratch("columns", column_shape, dtype)
-    padded_buffer = None
-    if window.is_padded and (build or (scatter and not pointwise)):
-        padded_buffer = scratch("padded", (chunk, c_in) + window.padded_size, dtype)
-    if weight_grad:
-        dw_part = scratch("weight_grad", (groups, filters_g, rows_g), dtype)
+        kept_columns = None
+    keep = keep_columns and chunk == batch and kept_columns is None
+    # The wide layout's garbage positions meet δ = 0; exact unless they read inf/nan.
+    clean_garbage = (columns.layout is not None and weight_grad and kept_columns is None
+                     and not bool(np.isfinite(source).all()))
 
     for part in chunk_slices(batch, chunk):
         n = part.stop - part.start
-        cols = None  # (n, G, R, L)
-        if need_cols:
-            if cached_cols is not None:
-                cols = cached_cols[part].reshape(n, groups, rows_g, positions)
-            elif pointwise:
-                cols = source[part].reshape(n, groups, rows_g, positions)
-            else:
-                if padded_buffer is not None:
-                    pad_into(source[part], window, padded_buffer[:n])
-                    padded = padded_buffer[:n]
-                else:
-                    padded = source[part]
-                im2col_into(padded, window, cols_buffer[:n])
-                cols = cols_buffer[:n].reshape(n, groups, rows_g, positions)
+        if kept_columns is not None:
+            cols = kept_columns.cols
+        elif keep:  # a fresh array: the context owns it, scratch would be overwritten
+            cols = np.empty((c_in, window.kernel_volume, n, positions), dtype=dtype)
+        else:
+            cols = columns.buffer(n)  # (C_in, prod(K), n, L_s)
+        cols_g = cols.reshape(groups, rows_g, n * positions)  # (G, R, n·L_s)
+        if (product or weight_grad) and kept_columns is None:
+            columns.build(source[part], cols)
+            if clean_garbage:
+                zero_garbage(columns._per_sample_view(cols), columns.layout)
         if product:
-            # (G, F, R) @ (n, G, R, L) -> (n, G, F, L)
-            np.matmul(w_groups, cols, out=y[part].reshape(n, groups, filters_g, positions))
+            y_gemm = scratch("product", (c_out, n, positions), dtype)
+            np.matmul(w_groups, cols_g, out=y_gemm.reshape(groups, filters_g, n * positions))
+            y[part] = columns.from_gemm(y_gemm)
+        if weight_grad or scatter:
+            delta_gemm = scratch("delta", (c_out, n, positions), dtype)
+            columns.to_gemm(delta[part], delta_gemm)
+            delta_g = delta_gemm.reshape(groups, filters_g, n * positions)  # (G, F, n·L_s)
         if weight_grad:
-            delta_g = delta[part].reshape(n, groups, filters_g, positions)
-            for sample in range(n):
-                # (G, F, L) @ (G, L, R) -> (G, F, R)
-                np.matmul(delta_g[sample], cols[sample].transpose(0, 2, 1), out=dw_part)
-                dw += dw_part
+            # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
+            np.matmul(delta_g, cols_g.transpose(0, 2, 1), out=dw_part)
+            dw_groups += dw_part
         if scatter:
-            delta_g = delta[part].reshape(n, groups, filters_g, positions)
-            if pointwise:
-                np.matmul(w_groups_t, delta_g, out=dx[part].reshape(n, groups, rows_g, positions))
-                continue
-            dcols = cols_buffer[:n].reshape(n, groups, rows_g, positions)
+            if kept_columns is not None:  # never overwrite what the context owns
+                cols = columns.buffer(n)
+                cols_g = cols.reshape(groups, rows_g, n * positions)
+            w_groups_t = w_groups.transpose(0, 2, 1)  # (G, R, F)
             if filters_g == 1:
                 # one filter per group (depthwise): Wᵀ·δ is an outer product, which
                 # broadcasting does faster than a GEMM with inner dimension 1
-                np.multiply(w_groups_t, delta_g, out=dcols)
+                np.multiply(w_groups_t, delta_g, out=cols_g)
             else:
-                # (G, R, F) @ (n, G, F, L) -> (n, G, R, L): the columns of dx
-                np.matmul(w_groups_t, delta_g, out=dcols)
-            grad_padded = padded_buffer[:n] if padded_buffer is not None else dx[part]
-            grad_padded[...] = 0
-            col2im_add(cols_buffer[:n], window, grad_padded)
-            if padded_buffer is not None:
-                dx[part] = unpad_add(grad_padded, window)
-
-    kept = None
-    if keep:
-        kept = cols_buffer.reshape(batch, c_in * window.kernel_volume, positions)
-    if dw is not None:
-        dw = dw.reshape(geometry.weight_shape)
+                np.matmul(w_groups_t, delta_g, out=cols_g)  # (G, R, n·L_s): dx's columns
+            columns.scatter(cols, dx[part])
+    kept = _KeptColumns(cols, columns.layout is not None, dtype) if keep else None
     return y, dw, dx, kept
+
+
+@dataclass(frozen=True)
+class _KeptColumns:
+    """A forward pass's columns, kept for backward (only when they were one chunk)."""
+
+    cols: np.ndarray  # (C_in, prod(K), N, L_s)
+    wide: bool
+    dtype: np.dtype
+
+    def matches(self, columns: _Columns, batch: int) -> bool:
+        return (self.wide == (columns.layout is not None) and self.dtype == columns.dtype
+                and self.cols.shape[2:] == (batch, columns.positions))
 
 
 # --------------------------------------------------------------------------
@@ -297,10 +393,10 @@ def conv_forward(
     dtype = result_dtype(x, weight, bias)
     xb = _batched(x, geometry).astype(dtype, copy=False)
     w = weight.astype(dtype, copy=False)
-    y, _, _, cols = _lowered_pass(geometry, dtype, source=xb, weight=w, product=True,
-                                  keep_cols=True)
+    y, _, _, kept = _lowered_pass(geometry, dtype, source=xb, weight=w, product=True,
+                                  keep_columns=True)
     _add_bias(y, bias)
-    ctx = ConvContext(geometry, x, weight, bias is not None, transposed=False, cols=cols)
+    ctx = ConvContext(geometry, x, weight, bias is not None, transposed=False, columns=kept)
     return _unbatched(y, geometry), ctx
 
 
@@ -415,15 +511,14 @@ def conv_backward(dy: Any, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the forward output's shape")
     dtype = result_dtype(dy, ctx.x, ctx.weight)
     dyb = _batched(dy, geometry).astype(dtype, copy=False)
-    cols = ctx.cols if ctx.cols is not None and ctx.cols.dtype == dtype else None
     _, dw, dx, _ = _lowered_pass(
         geometry, dtype,
-        source=None if cols is not None else _batched(ctx.x, geometry).astype(dtype, copy=False),
-        cached_cols=cols,
+        source=_batched(ctx.x, geometry).astype(dtype, copy=False),
         weight=ctx.weight.astype(dtype, copy=False),
         delta=dyb,
         weight_grad=want_weight,
         scatter=want_input,
+        kept_columns=ctx.columns,
     )
     db = _sum_bias(dyb) if (want_bias and ctx.has_bias) else None
     return ConvGrads(None if dx is None else _unbatched(dx, geometry), dw, db)

@@ -340,3 +340,62 @@ def test_pointwise_transposed_with_crop(rng):
     grads = ib.conv_transpose_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(grads.input, np.broadcast_to(w.sum(axis=(1, 2)), (2, 4, 3))
                                .transpose(0, 2, 1), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# both lowerings: the plain strided one and the phase-split, widened one
+# --------------------------------------------------------------------------
+@pytest.fixture(params=["plain", "wide"])
+def lowering_path(request, monkeypatch):
+    """Force every convolution through one lowering path, whatever its waste."""
+    import sys
+
+    conv_module = sys.modules["im2colbp.conv"]
+    monkeypatch.setattr(conv_module, "USE_WIDE_LOWERING", request.param == "wide")
+    monkeypatch.setattr("im2colbp.wide_lowering.MAX_WASTE", float("inf"))
+    return request.param
+
+
+@given(conv_cases(dtypes=(np.float64, np.float32)), st.integers(0, 2**32 - 1),
+       st.integers(1, 10**5))
+def test_each_lowering_path_matches_reference(lowering_path, case, seed, limit):
+    x, w, b = case.arrays(seed)
+    kw = case.call_kwargs
+    with ib.workspace_limit(limit):  # also exercise chunking on both paths
+        y, ctx = ib.conv_forward(x, w, b, **kw)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
+        grads = ib.conv_backward(dy, ctx)
+    expected = reference.conv(x, w, b, **kw)
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)
+    dx_ref = reference.conv_grad_input(dy, w, x.shape, **kw)
+    dw_ref = reference.conv_grad_weight(dy, x, w.shape, **kw)
+    assert_close(grads.input, dx_ref, scale=_scale(dx_ref) * w.shape[0])
+    assert_close(grads.weight, dw_ref, scale=_scale(dw_ref) * max(y.size, 1))
+
+
+@given(conv_transpose_cases(modes=PADDING_MODES), st.integers(0, 2**32 - 1))
+def test_each_lowering_path_transposed_matches_reference(lowering_path, case, seed):
+    x, w, b = case.arrays(seed)
+    kw = case.call_kwargs
+    try:
+        expected = reference.conv_transpose(x, w, b, **kw)
+    except ValueError:
+        return  # e.g. reflect padding larger than the output it reflects
+    assert_close(ib.conv_transpose(x, w, b, **kw), expected,
+                 scale=_scale(expected) * w[0].size)
+
+
+def test_wide_lowering_weight_gradient_ignores_garbage_infinities(lowering_path):
+    """Tap k=0 never reads x[0, 3] (only tap k=1 does, for window o=2), so dW[k=0] is
+    finite — even though the wide layout's garbage position o=3 reads x[0, 3] at
+    tap 0 and meets δ = 0 there. (dW[k=1] is 0·inf = nan in IEEE arithmetic.)"""
+    x = np.arange(8.0).reshape(1, 1, 2, 4)
+    x[0, 0, 0, 3] = np.inf
+    w_shape = (1, 1, 1, 2)
+    dy = np.ones((1, 1, 2, 3))
+    dy[0, 0, 0, 2] = 0.0
+    with np.errstate(invalid="ignore"):
+        dw = ib.conv_grad_weight(dy, x, w_shape)
+        expected = reference.conv_grad_weight(dy, x, w_shape)
+    assert np.isfinite(expected[..., 0]).all() and np.isnan(expected[..., 1]).all()
+    np.testing.assert_array_equal(dw, expected)

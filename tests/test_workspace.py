@@ -44,14 +44,24 @@ def test_chunked_results_equal_unchunked(transposed, data, seed, limit):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
-def test_context_keeps_columns_only_when_they_fit(rng):
+def test_context_keeps_columns_only_when_they_are_one_chunk(rng):
     x, w = rng.standard_normal((4, 3, 8, 8)), rng.standard_normal((2, 3, 3, 3))
     per_sample = 3 * 9 * 36 * 8
     _, ctx = ib.conv_forward(x, w)
-    assert ctx.cols is not None and ctx.cols.shape == (4, 27, 36)
+    assert ctx.columns is not None and ctx.columns.cols.nbytes == 4 * per_sample
     with ib.workspace_limit(4 * per_sample - 1):
         _, ctx = ib.conv_forward(x, w)
-    assert ctx.cols is None
+    assert ctx.columns is None
+
+
+def test_kept_columns_survive_other_convolutions(rng):
+    """The kept columns are the context's own memory, not scratch a later call reuses."""
+    x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 3, 3, 3))
+    y, ctx = ib.conv_forward(x, w, padding=1)
+    dy = rng.standard_normal(y.shape)
+    expected = ib.conv_grad_weight(dy, x, w.shape, padding=1)
+    ib.conv_backward(dy, ib.conv_forward(x[::-1] * 7, w, padding=1)[1])  # same shapes
+    np.testing.assert_allclose(ib.conv_backward(dy, ctx).weight, expected, rtol=1e-13)
 
 
 @pytest.mark.parametrize("limit_mib", [1, 2])
