@@ -19,6 +19,16 @@ from .conv import (
     conv_transpose_forward,
 )
 from .geometry import PADDING_MODES, ConvGeometry, WindowGeometry
+from .layer import (
+    Conv,
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+)
 from .lowering import col2im, im2col
 from .operators import conv_operator, im2col_operator
 from .transposition import (
@@ -37,6 +47,14 @@ from .workspace import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conv",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "ConvContext",
     "ConvGeometry",
     "ConvGrads",

@@ -237,7 +237,8 @@ def blas_info() -> List[dict]:
 
 
 def _fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    width = int(spec.split(".")[0])
+    return f"{'-':>{width}}" if value is None else format(value, spec)
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
@@ -290,13 +291,16 @@ def _plot(results: Sequence[BenchResult], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="im2colbp bench",
-        description="Time forward+backward of the lowering against its bare GEMMs, PyTorch CPU "
-        "(if installed) and the direct reference, medians of interleaved runs.",
-        epilog="example: im2colbp bench --configs resnet3x3 depthwise --repeats 9",
-    )
+DESCRIPTION = (
+    "Time forward+backward of the lowering against its bare GEMMs, PyTorch CPU (if installed)\n"
+    "and the direct reference: medians of interleaved runs, printed as a table of ratios."
+)
+EPILOG = "examples:\n  im2colbp bench --quick\n  im2colbp bench --configs resnet3x3 depthwise " \
+    "--repeats 9 --json bench.json --plot bench.png"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared by ``scripts/bench.py`` and ``im2colbp bench``)."""
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                         metavar="NAME", help=f"subset of: {', '.join(CONFIGS)}")
     parser.add_argument("--quick", action="store_true", help="3 repeats, the small configs only")
@@ -306,7 +310,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="draw the ratios (needs matplotlib)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.py", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite for parsed arguments; print the table; return 0 (2 on bad options)."""
     names = args.configs
     repeats = args.repeats
     if args.quick:
@@ -314,7 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.configs == list(CONFIGS):
             names = ["teach", "pointwise", "depthwise", "dilated"]
     if repeats < 1:
-        parser.error("--repeats must be positive")
+        print("bench: error: --repeats must be positive", file=sys.stderr)
+        return 2
     results = run_suite(names, repeats=repeats, dtype=np.dtype(args.dtype), threads=args.threads,
                         use_torch=not args.no_torch)
     blas = blas_info()

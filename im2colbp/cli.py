@@ -1,93 +1,730 @@
-"""The ``im2colbp`` command."""
+"""The ``im2colbp`` command: ``demo``, ``explain`` and ``check``.
+
+``python -m im2colbp <command>`` or the ``im2colbp`` console script. Each
+subcommand registers itself in :func:`build_parser` (an ``_add_<name>``
+function that sets a ``handler``), so a new one, such as a benchmark, is one
+more function and one more line there.
+
+Exit status: 0 success, 1 a check found a mismatch, 2 bad arguments (the
+library's message on stderr, no traceback).
+
+Examples
+--------
+>>> from im2colbp.cli import main
+>>> main(["explain", "--input", "1x1x4", "--weight", "1x1x3", "--padding", "same"])
+... # doctest: +ELLIPSIS
+im2colbp explain: x (1, 1, 4) * weight (1, 1, 3) + bias (1,)
+...
+0
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
+import statistics
 import sys
-from typing import List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
 from . import reference
-from .conv import conv_backward, conv_forward
+from .conv import conv, conv_backward, conv_forward
 from .examples import edge_filters, rgb_image
-from .gradcheck import numerical_gradient
-from .lowering import im2col
+from .geometry import ConvGeometry, conv_geometry
+from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
+from .lowering import im2col, pad
+
+__all__ = ["main", "build_parser", "demo", "explain", "check"]
+
+
+class BadArguments(ValueError):
+    """A command-line argument the library (or the command) refuses: exit status 2."""
+
+
+# --------------------------------------------------------------------------
+# output helpers
+# --------------------------------------------------------------------------
+def _writer(out: Optional[TextIO]) -> Callable[..., None]:
+    stream = sys.stdout if out is None else out
+
+    def say(text: str = "") -> None:
+        print(text.rstrip(), file=stream)
+
+    return say
 
 
 def _max_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b))) if a.size else 0.0
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
 
 
-def demo(out=sys.stdout) -> int:
-    """Lower a small strided, padded, multi-channel, multi-filter convolution and check it."""
+def _transposition_route() -> Optional[Callable[..., np.ndarray]]:
+    """``conv_grad_input_by_transposition`` when this version ships it, else None."""
+    try:
+        from .transposition import conv_grad_input_by_transposition
+    except ImportError:
+        return None
+    return conv_grad_input_by_transposition
 
-    def say(text: str = "") -> None:
-        print(text, file=out)
 
+_NO_TRANSPOSITION = "transposition route: not available in this version"
+
+
+# --------------------------------------------------------------------------
+# geometry options shared by explain and check
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """A user geometry, validated by :func:`im2colbp.geometry.conv_geometry`."""
+
+    input_shape: Tuple[int, ...]
+    weight_shape: Tuple[int, ...]
+    bias: bool
+    kwargs: Dict[str, Any]  # stride, padding, dilation, groups, padding_mode as given
+    geometry: ConvGeometry
+
+    @property
+    def bias_shape(self) -> Optional[Tuple[int, ...]]:
+        return (self.weight_shape[0],) if self.bias else None
+
+
+def _parse_shape(text: str, option: str) -> Tuple[int, ...]:
+    parts = text.lower().replace("×", "x").replace(",", "x").split("x")
+    try:
+        return tuple(int(part) for part in parts)
+    except ValueError:
+        raise BadArguments(
+            f"{option} must be a shape written like 1x3x5x5 (sizes separated by 'x'), "
+            f"got {text!r}"
+        ) from None
+
+
+def _parse_ints(text: str, option: str) -> Any:
+    """'2' -> 2, '2,1' -> (2, 1); the values are checked by the library."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadArguments(
+            f"{option} must be an int or comma-separated ints, one per spatial axis "
+            f"(like 2 or 2,1), got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def _parse_padding(text: str) -> Any:
+    """'same'/'valid', '1', '1,2' (per axis) or '0:1,1:0' ((before, after) per axis)."""
+    if text in ("same", "valid") or not any(ch.isdigit() for ch in text):
+        return text  # a string: the library accepts 'same'/'valid' and names the others
+    entries: List[Any] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                before, after = part.split(":")
+                entries.append((int(before), int(after)))
+            else:
+                entries.append(int(part))
+    except ValueError:
+        raise BadArguments(
+            "--padding must be 'same', 'valid', an int, comma-separated ints (one per axis) "
+            f"or before:after pairs (like 0:1,1:0), got {text!r}"
+        ) from None
+    if len(entries) == 1 and ":" not in text:
+        return entries[0]
+    return tuple(entries)
+
+
+def _add_geometry_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("geometry")
+    group.add_argument("--input", required=True, metavar="SHAPE",
+                       help="x.shape, e.g. 1x3x5x5 = (N, C_in, H, W); (C_in, *I) is unbatched")
+    group.add_argument("--weight", required=True, metavar="SHAPE",
+                       help="weight.shape (C_out, C_in/groups, *K), e.g. 2x3x3x3; "
+                       "its rank fixes the spatial rank r")
+    group.add_argument("--stride", default="1", metavar="S", help="int or per axis, e.g. 2 or 2,1")
+    group.add_argument("--padding", default="0", metavar="P",
+                       help="int, per axis (1,2), before:after pairs (0:1,1:0), 'valid' or 'same'")
+    group.add_argument("--dilation", default="1", metavar="D", help="int or per axis")
+    group.add_argument("--groups", default="1", metavar="G",
+                       help="int dividing both channel counts")
+    group.add_argument("--padding-mode", default="zeros", metavar="MODE",
+                       help="zeros, reflect, replicate or circular")
+    group.add_argument("--no-bias", action="store_true", help="leave out the bias")
+
+
+def conv_spec(args: argparse.Namespace) -> ConvSpec:
+    """Parse and validate the geometry options; :class:`BadArguments` on any error."""
+    input_shape = _parse_shape(args.input, "--input")
+    weight_shape = _parse_shape(args.weight, "--weight")
+    try:
+        groups = int(args.groups)
+    except ValueError:
+        raise BadArguments(f"--groups must be an int, got {args.groups!r}") from None
+    kwargs = dict(
+        stride=_parse_ints(args.stride, "--stride"),
+        padding=_parse_padding(args.padding),
+        dilation=_parse_ints(args.dilation, "--dilation"),
+        groups=groups,
+        padding_mode=args.padding_mode,
+    )
+    bias = not args.no_bias
+    try:
+        geometry = conv_geometry(
+            input_shape, weight_shape, (weight_shape[0],) if bias and weight_shape else None,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as error:
+        raise BadArguments(str(error)) from None
+    return ConvSpec(input_shape, weight_shape, bias, kwargs, geometry)
+
+
+# --------------------------------------------------------------------------
+# explain
+# --------------------------------------------------------------------------
+_MAP_LIMIT = 200_000  # X_col entries of one sample above which the map is not built
+
+
+def _abbreviated(indices: Sequence[int], keep_head: int, keep_tail: int) -> List[Optional[int]]:
+    """The indices to show, None marking an elision."""
+    indices = list(indices)
+    if len(indices) <= keep_head + keep_tail + 1:
+        return indices
+    return indices[:keep_head] + [None] + indices[-keep_tail:]
+
+
+def _tuple_label(values: Sequence[int]) -> str:
+    return "(" + ",".join(str(v) for v in values) + ")"
+
+
+def _column_index_map(spec: ConvSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """(source, border) for sample 0, each (C_in*prod(K), L).
+
+    ``source`` holds the flat index (in (C_in, *I)) of the input element each
+    X_col entry copies, -1 for a zero of 'zeros' padding; ``border`` marks
+    entries taken from the padded border. Built by lowering an image of
+    element numbers, so it shows exactly what im2col does.
+    """
+    geometry = spec.geometry
+    window = geometry.window
+    shape = (1, geometry.in_channels) + window.in_size
+    numbers = np.arange(1, math.prod(shape) + 1, dtype=np.float64).reshape(shape)
+    padded = pad(numbers, window)  # the padding mode's copies keep their element numbers
+    zeros_window = dataclasses.replace(window, padding_mode="zeros")
+    interior = pad(np.ones(shape), zeros_window)  # 1 inside, 0 on the border
+    lowered = dict(stride=window.stride, dilation=window.dilation)
+    source = im2col(padded, window.kernel_size, **lowered)[0].astype(np.int64) - 1
+    border = im2col(interior, window.kernel_size, **lowered)[0] == 0
+    return source, border
+
+
+def _say_column_map(spec: ConvSpec, say: Callable[..., None]) -> None:
+    geometry = spec.geometry
+    window = geometry.window
+    rows = geometry.column_rows
+    if rows == 0:
+        say("   (no input channels: X_col has no rows)")
+        return
+    elements = geometry.in_channels * math.prod(window.in_size)
+    if rows * window.out_volume > _MAP_LIMIT or elements > _MAP_LIMIT:
+        say(f"   (X_col of one sample has {rows} x {window.out_volume} entries and x "
+            f"{elements} elements: too many to map here;")
+        say("   give a smaller --input or --weight to see which element lands where)")
+        return
+    source, border = _column_index_map(spec)
+    element_shape = (geometry.in_channels,) + window.in_size
+    mode = window.padding_mode
+
+    def entry(flat: int, on_border: bool) -> str:
+        if flat < 0:
+            return "."
+        label = ",".join(str(int(i)) for i in np.unravel_index(flat, element_shape))
+        return label + ("*" if on_border else "")
+
+    row_ids = _abbreviated(range(rows), 16, 4)
+    col_ids = _abbreviated(range(window.out_volume), 8, 2)
+    row_labels = {r: _tuple_label((r // window.kernel_volume,)
+                                  + np.unravel_index(r % window.kernel_volume, window.kernel_size))
+                  for r in row_ids if r is not None}
+    col_labels = {c: _tuple_label(np.unravel_index(c, window.out_size))
+                  for c in col_ids if c is not None}
+    cells = {(r, c): entry(int(source[r, c]), bool(border[r, c]))
+             for r in row_ids if r is not None for c in col_ids if c is not None}
+    width = max([len(v) for v in cells.values()] + [len(v) for v in col_labels.values()] + [3])
+    label_width = max(len(v) for v in row_labels.values())
+    label_width = max(label_width, len("row (c,k)"))
+    header = " " * 5 + f"{'row (c,k)':<{label_width}} |"
+    for c in col_ids:
+        header += " " + (f"{'...':>{width}}" if c is None else f"{col_labels[c]:>{width}}")
+    say(header)
+    group_rows = rows // geometry.groups
+    for r in row_ids:
+        if r is None:
+            say(" " * 5 + f"{'...':<{label_width}} |")
+            continue
+        if geometry.groups > 1 and r % group_rows == 0:
+            say(" " * 5 + f"-- group {r // group_rows} " + "-" * 8)
+        line = " " * 5 + f"{row_labels[r]:<{label_width}} |"
+        for c in col_ids:
+            line += " " + (f"{'':>{width}}" if c is None else f"{cells[(r, c)]:>{width}}")
+        say(line)
+    legend = "entries are c,i_1..i_r of x[n, c, i_1..i_r]"
+    if mode == "zeros":
+        legend += "; '.' is a zero of the padding"
+    else:
+        legend += f"; '*' marks a {mode!r} padding copy of that element"
+    say(f"     {legend}")
+
+    if window.rank <= 2 and math.prod(window.in_size) <= 400:
+        counts = np.bincount(source[source >= 0].ravel(), minlength=math.prod(element_shape))
+        counts = counts.reshape(element_shape)[0]
+        say("   How many X_col entries each element of channel 0 fills (col2im adds that many")
+        say("   terms back into its dx):")
+        for line in np.atleast_2d(counts):
+            say("     " + " ".join(f"{int(v):2d}" for v in line))
+
+
+def _axis_arithmetic(spec: ConvSpec, say: Callable[..., None]) -> None:
+    window = spec.geometry.window
+    tail = ["depth", "height", "width"][3 - min(window.rank, 3):] if window.rank > 1 else ["length"]
+    names = [f"axis {a}" for a in range(window.rank)]
+    for a, name in zip(range(window.rank - len(tail), window.rank), tail):
+        names[a] += f" ({name})"
+    same = spec.kwargs["padding"] == "same"
+    say("1. Output size per spatial axis:  "
+        "O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1")
+    for axis in range(window.rank):
+        size, k = window.in_size[axis], window.kernel_size[axis]
+        s, d = window.stride[axis], window.dilation[axis]
+        before, after = window.padding[axis]
+        extent = d * (k - 1)
+        out = window.out_size[axis]
+        say(f"   {names[axis]}: I={size} K={k} S={s} D={d} P=({before}, {after})")
+        if same:
+            total = before + after
+            say(f"      'same': O = ceil(I/S) = ceil({size}/{s}) = {out}; "
+                "total padding = max((O-1)*S + D*(K-1) + 1 - I, 0)")
+            say(f"              = max({(out - 1) * s} + {extent} + 1 - {size}, 0) = {total}"
+                f" -> before = {total}//2 = {before}, after = {after}")
+        numerator = size + before + after - extent - 1
+        say(f"      O = floor(({size} + {before} + {after} - {d}*{k - 1} - 1) / {s}) + 1 "
+            f"= floor({numerator}/{s}) + 1 = {out}")
+        padded = size + before + after
+        last_start = (out - 1) * s
+        starts = ", ".join(str(o * s) for o in range(min(out, 6))) + (", ..." if out > 6 else "")
+        say(f"      windows start at padded index {starts}; the last covers "
+            f"{last_start}..{last_start + extent} of 0..{padded - 1}")
+        unused = padded - 1 - (last_start + extent)
+        if unused:
+            say(f"      the last {unused} padded sample(s) are never read (stride remainder) "
+                "and get no gradient")
+
+
+def explain(spec: ConvSpec, out: Optional[TextIO] = None) -> int:
+    """Print the output-size arithmetic, the X_col layout and the three GEMMs of ``spec``."""
+    say = _writer(out)
+    geometry = spec.geometry
+    window = geometry.window
+    n, g = geometry.batch, geometry.groups
+    c_in, c_out = geometry.in_channels, geometry.out_channels
+    rows_g = c_in // g * window.kernel_volume
+    filters_g = c_out // g
+    positions = window.out_volume
+    bias_text = f" + bias {spec.bias_shape}" if spec.bias else " (no bias)"
+    say(f"im2colbp explain: x {spec.input_shape} * weight {spec.weight_shape}{bias_text}")
+    say(f"   spatial rank r = {window.rank}, N = {n}{'' if geometry.batched else ' (unbatched)'}, "
+        f"C_in = {c_in}, C_out = {c_out}, G = {g}, padding_mode {window.padding_mode!r}")
+    say()
+    _axis_arithmetic(spec, say)
+    say(f"   -> y {geometry.output_shape}; L = prod(O) = {positions} window positions per sample")
+    say()
+    k_text = "*".join(str(k) for k in window.kernel_size)
+    say(f"2. im2col: X_col[n] has C_in*prod(K) = {c_in}*{k_text} = {geometry.column_rows} rows, "
+        f"one per (channel, kernel offset),")
+    say(f"   and L = {positions} columns, one per window position o = (o_1..o_r):")
+    say("   X_col[(c,k), o] = x_padded[n, c, o*S + k*D]")
+    if g > 1:
+        say(f"   groups: the rows form G = {g} blocks of C_in/G*prod(K) = {rows_g}, the filters "
+            f"blocks of C_out/G = {filters_g}")
+    _say_column_map(spec, say)
+    say()
+    each = "per sample n" + (" and group g" if g > 1 else "")
+    say(f"3. The three GEMMs, {each}; W is a (C_out/G) x (C_in/G*prod(K)) matrix and")
+    say("   delta = dL/dy a (C_out/G) x L one:")
+    gi, ngi = ("[g]", "[n,g]") if g > 1 else ("", "[n]")
+    table = [
+        ("forward", f"Y{ngi}", (filters_g, positions), f"W{gi}", (filters_g, rows_g),
+         f"X_col{ngi}", (rows_g, positions), "+ b"),
+        ("weight grad", f"dW{gi}", (filters_g, rows_g), f"delta{ngi}", (filters_g, positions),
+         f"X_col{ngi}^T", (positions, rows_g), "summed over n"),
+        ("input grad", f"dX_col{ngi}", (rows_g, positions), f"W{gi}^T", (rows_g, filters_g),
+         f"delta{ngi}", (filters_g, positions), ""),
+    ]
+    cells = [[f"{name} ({a} x {b})" for name, (a, b) in ((r[1], r[2]), (r[3], r[4]), (r[5], r[6]))]
+             for r in table]
+    widths = [max(len(row[i]) for row in cells) for i in range(3)]
+    for row, cell in zip(table, cells):
+        say(f"   {row[0]:<13}{cell[0]:<{widths[0]}} = {cell[1]:<{widths[1]}} @ "
+            f"{cell[2]:<{widths[2]}}  {row[7]}".rstrip())
+    say(f"   {'':<13}then dx[n] = col2im(dX_col[n]): scatter-add, the adjoint of im2col")
+    say(f"   {'bias grad':<13}{f'db ({c_out},)':<{widths[0]}} = delta summed over n and the "
+        f"{positions} positions")
+    macs = n * g * filters_g * rows_g * positions
+    say(f"   each GEMM: {n} sample(s) x {g} group(s) x {filters_g}*{rows_g}*{positions} "
+        f"= {macs:,} multiply-adds")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# check
+# --------------------------------------------------------------------------
+_CHECK_POSITIONS = 50_000  # output positions x groups the direct reference may loop over
+_CHECK_ELEMENTS = 2_000_000
+_FULL_FD_LIMIT = 1_500  # arrays up to this size get the full finite-difference gradient
+_TOLERANCE = {np.dtype(np.float64): (1e-10, 1e-6), np.dtype(np.float32): (1e-4, 1e-4)}
+
+
+def _check_size(spec: ConvSpec) -> None:
+    geometry = spec.geometry
+    positions = geometry.window.out_volume * geometry.groups
+    elements = max(math.prod(spec.input_shape), math.prod(geometry.output_shape),
+                   math.prod(spec.weight_shape))
+    if positions > _CHECK_POSITIONS or elements > _CHECK_ELEMENTS:
+        raise BadArguments(
+            f"check runs the direct reference, which loops over output positions in Python: "
+            f"this geometry has {positions:,} positions x groups (limit {_CHECK_POSITIONS:,}) "
+            f"and arrays of up to {elements:,} elements (limit {_CHECK_ELEMENTS:,}); "
+            "give a smaller --input"
+        )
+
+
+def _finite_difference_error(f, point, analytic, dy, seed) -> Tuple[float, str]:
+    """Relative error of ``analytic`` against finite differences of ``f`` at ``point``."""
+    if point.size <= _FULL_FD_LIMIT:
+        numeric = numerical_gradient(f, point, dy)
+        return max_relative_error(analytic, numeric), f"full ({point.size})"
+    worst = 0.0
+    for trial in range(3):
+        numeric, value = directional_derivative_check(f, point, analytic, dy, rng=seed + trial)
+        worst = max(worst, abs(numeric - value) / max(abs(numeric), abs(value), 1e-300))
+    return worst, "3 directions"
+
+
+def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
+          out: Optional[TextIO] = None) -> int:
+    """Forward and every gradient against the direct reference and finite differences.
+
+    Random data (``seed``) in ``dtype``. Oracles, in float64 on the same
+    values: :mod:`im2colbp.reference` for y, dx, dW and db; central
+    differences of the forward map (whole gradient for arrays up to 1,500
+    elements, else three random directional derivatives); and, when this
+    version has it, the channel-transposition route for dx. Errors are
+    ``max|ours - oracle| / max|oracle|``.
+
+    Returns 0 when every error is within tolerance, 1 otherwise.
+    """
+    say = _writer(out)
+    dtype = np.dtype(dtype)
+    ref_tol, fd_tol = _TOLERANCE[dtype]
+    kw = spec.kwargs
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.input_shape).astype(dtype)
+    w = rng.standard_normal(spec.weight_shape).astype(dtype)
+    b = rng.standard_normal(spec.bias_shape).astype(dtype) if spec.bias else None
+    y, ctx = conv_forward(x, w, b, **kw)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = conv_backward(dy, ctx)
+    # float64 copies of exactly the same values: the oracle's inputs
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    b64 = None if b is None else b.astype(np.float64)
+    batched_dy64 = dy64 if spec.geometry.batched else dy64[None]
+
+    say(f"im2colbp check: x {spec.input_shape}, weight {spec.weight_shape}, "
+        f"{'bias ' + str(spec.bias_shape) if spec.bias else 'no bias'}, {dtype.name}, seed {seed}")
+    window = spec.geometry.window
+    say(f"   stride {window.stride}, padding {window.padding}, dilation {window.dilation}, "
+        f"groups {spec.geometry.groups},")
+    say(f"   padding_mode {window.padding_mode!r} -> y {y.shape}")
+    say(f"   error = max|ours - oracle| / max|oracle|; tolerance {ref_tol:g} vs the direct "
+        f"reference,")
+    say(f"   {fd_tol:g} vs finite differences")
+    say()
+    say(f"   {'':<5}{'shape':<18}{'dtype':<9}{'vs reference':>13}{'vs finite diff':>16}"
+        "  (finite differences in float64)")
+    checks = [
+        ("y", y, reference.conv(x64, w64, b64, **kw), None),
+        ("dx", grads.input, reference.conv_grad_input(dy64, w64, x.shape, **kw),
+         (lambda v: conv(v, w64, b64, **kw), x64)),
+        ("dW", grads.weight, reference.conv_grad_weight(dy64, x64, w.shape, **kw),
+         (lambda v: conv(x64, v, b64, **kw), w64)),
+    ]
+    if spec.bias:
+        checks.append(("db", grads.bias, reference.conv_grad_bias(batched_dy64),
+                       (lambda v: conv(x64, w64, v, **kw), b64)))
+    ok = True
+    for index, (name, ours, expected, fd) in enumerate(checks):
+        err_ref = max_relative_error(ours, expected)
+        good = err_ref <= ref_tol and ours.dtype == dtype and ours.shape == expected.shape
+        fd_text, how = f"{'-':>16}", ""
+        if fd is not None:
+            f, point = fd
+            err_fd, how = _finite_difference_error(f, point, ours, dy64, seed + 10 * index)
+            good = good and err_fd <= fd_tol
+            fd_text = f"{err_fd:16.1e}"
+        ok = ok and good
+        flag = "" if good else "   <-- MISMATCH"
+        say(f"   {name:<5}{str(ours.shape):<18}{ours.dtype.name:<9}{err_ref:13.1e}{fd_text}"
+            f"  {how}{flag}")
+    route = _transposition_route()
+    if route is None:
+        say(f"   {_NO_TRANSPOSITION}")
+    else:
+        dx_t = route(dy, w, x.shape, **kw)
+        err = max_relative_error(dx_t, grads.input)
+        good = err <= ref_tol
+        ok = ok and good
+        say(f"   dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx: "
+            f"{err:.1e}{'' if good else '   <-- MISMATCH'}")
+    say()
+    say("OK: forward and every gradient agree" if ok else "MISMATCH: see the marked rows")
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------
+def _grid(values: np.ndarray, fmt: str = "{:6.2f}") -> List[str]:
+    return [" ".join(fmt.format(v) for v in row) for row in values]
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm up: BLAS threads, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
+    """Lower a small strided, padded, multi-channel, multi-filter convolution and check it.
+
+    Returns 0 when every check passes, 1 otherwise.
+    """
+    say = _writer(out)
     image = rgb_image(5)
     x = np.stack([image, image[:, ::-1, :]])  # N=2: the image and its upside-down copy
     weight, bias = edge_filters()
-    geometry = dict(stride=2, padding=1)
-    say("im2colbp demo: one convolution, lowered to a GEMM, and its backprop")
-    say(f"  x      (N, C_in, H, W)        = {x.shape}   a 5x5 RGB image and its flip")
-    say(f"  weight (C_out, C_in, K, K)    = {weight.shape}  Sobel-x on red, Sobel-y on green")
-    say(f"  bias   (C_out,)               = {bias.shape}        {bias.tolist()}")
-    say(f"  stride 2, padding 1  ->  O = floor((5 + 2 - 3) / 2) + 1 = 3")
-    cols = im2col(x, 3, **geometry)
-    say(f"  X_col  (N, C_in*K*K, O*O)     = {cols.shape}  (27 taps x 9 windows per image)")
-    say(f"  W      (C_out, C_in*K*K)      = {weight.reshape(2, -1).shape}")
-    y, ctx = conv_forward(x, weight, bias, **geometry)
-    say(f"  y = W @ X_col + b             = {y.shape}")
-    say("  y[0, 0] (vertical edges of the red ramp):")
-    for row in y[0, 0]:
-        say("      " + " ".join(f"{v:6.2f}" for v in row))
+    kw = dict(stride=2, padding=1)
+    size = x.shape[2]
+    c_out, k = weight.shape[0], weight.shape[2]
+
+    say("im2colbp demo: one convolution lowered to a GEMM, and its backprop")
+    say()
+    indent = " " * 54
+    say(f"data      x      (N, C_in, H, W)     = {x.shape}   image 0: red ramp left to right,")
+    say(f"{indent}green ramp downwards, blue centre;")
+    say(f"{indent}image 1: image 0 upside down")
+    say(f"          weight (C_out, C_in, K, K) = {weight.shape}   filter 0: Sobel-x on red")
+    say(f"{indent}filter 1: Sobel-y on green + blue mean")
+    say(f"          bias   (C_out,)            = {bias.shape}           {bias.tolist()}")
+    say(f"geometry  S=2, P=1:  O = floor((I + 2P - K) / S) + 1 "
+        f"= floor(({size} + 2 - {k}) / 2) + 1 = 3")
+    cols = im2col(x, k, **kw)
+    say()
+    say(f"im2col    X_col {cols.shape} = (N, C_in*K*K, O*O): one row per kernel tap (c, kh, kw),")
+    say("          one column per window; image 0, the red rows (zeros are padding):")
+    for r in range(k * k):
+        kh, kw_ = divmod(r, k)
+        say(f"            (0,{kh},{kw_}) " + " ".join(f"{v:3g}" for v in cols[0, r]))
+    say(f"            ... {cols.shape[1] - k * k} more rows for green and blue")
+    y, ctx = conv_forward(x, weight, bias, **kw)
+    w_matrix = weight.reshape(c_out, -1)
+    say()
+    say(f"GEMM      Y[n] = W @ X_col[n] + b  ({c_out} x {w_matrix.shape[1]}) @ "
+        f"({cols.shape[1]} x {cols.shape[2]}) + ({c_out} x 1) = ({c_out} x {cols.shape[2]}) "
+        f"-> y[n] {y.shape[1:]}")
+    say("          W[0] (red taps) = " + " ".join(f"{v:g}" for v in w_matrix[0, :k * k])
+        + " | 18 zeros")
+    left = _grid(y[0, 0])
+    right = _grid(y[0, 1])
+    say("          y[0, 0] = Sobel-x of red + 0.5      y[0, 1] = Sobel-y of green + blue mean - 1")
+    for a, b in zip(left, right):
+        say(f"            {a}                {b}")
+
     rng = np.random.default_rng(0)
     dy = rng.standard_normal(y.shape)
     grads = conv_backward(dy, ctx)
     say()
-    say("backprop with a random delta = dL/dy:")
-    say("  dW = delta @ X_col^T  (summed over the batch)   dX = col2im(W^T @ delta)   db = sum(delta)")
+    say(f"backprop  delta = dL/dy {dy.shape}, random (seed 0)")
+    say(f"          dW = sum_n delta[n] @ X_col[n]^T   ({c_out} x {cols.shape[2]}) @ "
+        f"({cols.shape[2]} x {cols.shape[1]}) -> {weight.shape}")
+    say(f"          dX = col2im(W^T @ delta[n])        ({cols.shape[1]} x {c_out}) @ "
+        f"({c_out} x {cols.shape[2]}) = ({cols.shape[1]} x {cols.shape[2]}) -> {x.shape[1:]}")
+    say(f"          db = sum of delta over n and the {cols.shape[2]} positions -> ({c_out},)")
+    say("          delta[0, 0]                 dX[0, 0], red: even columns see only Sobel-x's 0s")
+    delta_rows, dx_rows = _grid(dy[0, 0]), _grid(grads.input[0, 0])
+    for i, row in enumerate(dx_rows):
+        left = delta_rows[i] if i < len(delta_rows) else ""
+        say(f"            {left:<26}{row}")
     checks = [
-        ("y ", y, reference.conv(x, weight, bias, **geometry), None),
-        ("dX", grads.input, reference.conv_grad_input(dy, weight, x.shape, **geometry),
-         numerical_gradient(lambda v: reference.conv(v, weight, bias, **geometry), x, dy)),
-        ("dW", grads.weight, reference.conv_grad_weight(dy, x, weight.shape, **geometry),
-         numerical_gradient(lambda v: reference.conv(x, v, bias, **geometry), weight, dy)),
+        ("y", y, reference.conv(x, weight, bias, **kw), None),
+        ("dW", grads.weight, reference.conv_grad_weight(dy, x, weight.shape, **kw),
+         numerical_gradient(lambda v: reference.conv(x, v, bias, **kw), weight, dy)),
+        ("dX", grads.input, reference.conv_grad_input(dy, weight, x.shape, **kw),
+         numerical_gradient(lambda v: reference.conv(v, weight, bias, **kw), x, dy)),
         ("db", grads.bias, reference.conv_grad_bias(dy),
-         numerical_gradient(lambda v: reference.conv(x, weight, v, **geometry), bias, dy)),
+         numerical_gradient(lambda v: reference.conv(x, weight, v, **kw), bias, dy)),
     ]
     worst = 0.0
-    say(f"  {'':4}{'shape':>16}  {'vs direct':>10}  {'vs finite diff':>14}")
+    say(f"          {'':4}{'shape':<16}{'vs direct':>10}{'vs finite diff':>16}   (max abs error)")
     for name, ours, direct, numeric in checks:
         err_direct = _max_error(ours, direct)
-        err_numeric = _max_error(ours, numeric) if numeric is not None else None
+        err_numeric = None if numeric is None else _max_error(ours, numeric)
         worst = max(worst, err_direct, err_numeric or 0.0)
-        numeric_text = f"{err_numeric:14.1e}" if err_numeric is not None else f"{'-':>14}"
-        say(f"  {name:4}{str(ours.shape):>16}  {err_direct:10.1e}  {numeric_text}")
+        numeric_text = f"{'-':>16}" if err_numeric is None else f"{err_numeric:16.1e}"
+        say(f"          {name:4}{str(ours.shape):<16}{err_direct:10.1e}{numeric_text}")
+    route = _transposition_route()
+    if route is None:
+        say(f"          {_NO_TRANSPOSITION}")
+    else:
+        dx_t = route(dy, weight, x.shape, **kw)
+        err = _max_error(dx_t, grads.input)
+        worst = max(worst, err)
+        say("          dX by transposition: zero-insert delta (stride), pad, convolve with the "
+            "flipped,")
+        say(f"            channel-swapped filters -> agrees with col2im(W^T @ delta): {err:.1e}")
     ok = worst < 1e-6
+
+    if timing:
+        say()
+        t_x = np.random.default_rng(1).standard_normal((8, 16, 32, 32))
+        t_w = np.random.default_rng(2).standard_normal((32, 16, 3, 3))
+        lowered = _median_seconds(lambda: conv(t_x, t_w, padding=1), 7)
+        direct = _median_seconds(lambda: reference.conv(t_x, t_w, padding=1), 2)
+        say(f"timing    x {t_x.shape} * weight {t_w.shape}, padding 1, float64, medians")
+        say(f"          im2col + GEMM {lowered * 1e3:6.1f} ms   direct loops (reference) "
+            f"{direct * 1e3:6.1f} ms   ratio {direct / lowered:.1f}x")
     say()
-    say("every gradient agrees with the direct reference" if ok else "MISMATCH")
+    say("every result agrees with the direct reference and finite differences" if ok
+        else "MISMATCH")
     return 0 if ok else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+# --------------------------------------------------------------------------
+# the parser: one _add_<command> per subcommand
+# --------------------------------------------------------------------------
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _add_demo(commands: Any) -> None:
+    parser = commands.add_parser(
+        "demo", help="lower a small RGB example, check every gradient, time it",
+        description="Lower a small strided, padded, 3-channel, 2-filter convolution to a GEMM:\n"
+        "the shapes, X_col, the GEMM and the bias; then backprop (delta, dW, dX, db), each\n"
+        "checked against the direct reference and finite differences, the channel-transposition\n"
+        "route, and a short timing of the lowering against direct convolution.",
+        epilog="example:\n  im2colbp demo", formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing comparison")
+    parser.set_defaults(handler=lambda args: demo(timing=not args.no_timing))
+
+
+def _add_explain(commands: Any) -> None:
+    parser = commands.add_parser(
+        "explain", help="output sizes, the X_col layout and the GEMMs of a geometry",
+        description="For a small geometry: the output-size arithmetic step by step per axis,\n"
+        "which input element lands in which X_col entry, and the three GEMMs with their shapes.",
+        epilog="examples:\n"
+        "  im2colbp explain --input 1x3x5x5 --weight 2x3x3x3 --stride 2 --padding 1\n"
+        "  im2colbp explain --input 1x4x6 --weight 4x2x3 --groups 2 --padding same\n"
+        "  im2colbp explain --input 1x1x4x4 --weight 1x1x3x3 --padding 1 --padding-mode reflect",
+        formatter_class=_FORMATTER,
+    )
+    _add_geometry_options(parser)
+    parser.set_defaults(handler=lambda args: explain(conv_spec(args)))
+
+
+def _add_check(commands: Any) -> None:
+    parser = commands.add_parser(
+        "check", help="forward and every gradient vs the reference and finite differences",
+        description="Run the forward pass and every gradient (dx, dW, db) on random data and\n"
+        "compare them with the direct reference and with finite differences; print the max\n"
+        "errors. Exit status 1 on a mismatch, 2 on bad arguments.",
+        epilog="examples:\n"
+        "  im2colbp check --input 2x4x7x7 --weight 6x2x3x3 --stride 2 --padding same --groups 2\n"
+        "  im2colbp check --input 1x3x9 --weight 2x3x3 --dilation 2 --padding 3 \\\n"
+        "                 --padding-mode circular --dtype float32",
+        formatter_class=_FORMATTER,
+    )
+    _add_geometry_options(parser)
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                        help="dtype of the computation (default float64)")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the random data (default 0)")
+
+    def run(args: argparse.Namespace) -> int:
+        spec = conv_spec(args)
+        _check_size(spec)
+        return check(spec, dtype=args.dtype, seed=args.seed)
+
+    parser.set_defaults(handler=run)
+
+
+def _add_bench(commands: Any) -> None:
+    from . import benchmark
+
+    parser = commands.add_parser(
+        "bench", help="time the lowering against its GEMMs, PyTorch and direct convolution",
+        description=benchmark.DESCRIPTION, epilog=benchmark.EPILOG, formatter_class=_FORMATTER,
+    )
+    benchmark.add_arguments(parser)
+    parser.set_defaults(handler=benchmark.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``im2colbp`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="im2colbp",
         description="Convolution lowered to im2col + GEMM, with every gradient.",
-        epilog="example: im2colbp demo",
+        epilog="examples:\n  im2colbp demo\n"
+        "  im2colbp explain --input 1x3x5x5 --weight 2x3x3x3 --stride 2 --padding 1\n"
+        "  im2colbp check --input 1x3x5x5 --weight 2x3x3x3 --stride 2 --padding 1\n"
+        "  im2colbp bench --quick\n"
+        "run 'im2colbp COMMAND --help' for a command's options",
+        formatter_class=_FORMATTER,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "demo", help="lower a small RGB example and check every gradient",
-        description="Lower a small multi-channel, multi-filter, strided, padded convolution, "
-        "print the shapes and check every gradient against the direct reference.",
-        epilog="example: im2colbp demo",
-    )
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(commands)
+    _add_explain(commands)
+    _add_check(commands)
+    _add_bench(commands)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 mismatch, 2 bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0), or a usage error argparse has printed (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return args.handler(args)
+    except BadArguments as error:
+        print(f"im2colbp {args.command}: error: {error}", file=sys.stderr)
+        print(f"(see 'im2colbp {args.command} --help')", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # pragma: no cover - e.g. `im2colbp demo | head`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

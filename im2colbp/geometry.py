@@ -50,7 +50,7 @@ Pairs = Tuple[Tuple[int, int], ...]
 # --------------------------------------------------------------------------
 # scalars and tuples
 # --------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]  # a 0-d integer array counts as its integer
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
@@ -58,7 +58,7 @@ def _is_int(value: Any) -> bool:
 
 def as_int(value: Any, name: str, minimum: Optional[int]) -> int:
     """Return ``value`` as a Python int ``>= minimum`` (if given) or raise a clear error."""
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:
@@ -70,7 +70,7 @@ def as_int(value: Any, name: str, minimum: Optional[int]) -> int:
 def as_int_tuple(value: Any, rank: int, name: str,
                  minimum: Optional[int] = 1) -> Tuple[int, ...]:
     """Normalise an int or a length-``rank`` sequence of ints to a tuple."""
-    if _is_int(value):
+    if is_int(value):
         return (as_int(value, name, minimum),) * rank
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(
@@ -85,7 +85,7 @@ def as_int_tuple(value: Any, rank: int, name: str,
     return tuple(as_int(item, f"{name}[{axis}]", minimum) for axis, item in enumerate(items))
 
 
-def _parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs]:
+def parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs]:
     """Return ``'same'`` or r ``(before, after)`` pairs of non-negative ints."""
     if isinstance(padding, str):
         accepted = ("valid", "same") if allow_same else ("valid",)
@@ -101,7 +101,7 @@ def _parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pair
         raise ValueError(
             f"padding string must be one of {accepted}, got {padding!r}"
         )
-    if _is_int(padding):
+    if is_int(padding):
         amount = as_int(padding, "padding", 0)
         return ((amount, amount),) * rank
     if isinstance(padding, bytes) or not isinstance(padding, (Sequence, np.ndarray)):
@@ -120,7 +120,7 @@ def _parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pair
         )
     pairs = []
     for axis, item in enumerate(items):
-        if _is_int(item):
+        if is_int(item):
             amount = as_int(item, f"padding[{axis}]", 0)
             pairs.append((amount, amount))
             continue
@@ -149,7 +149,7 @@ def _same_padding(in_size, kernel_size, stride, dilation) -> Pairs:
     return tuple(pairs)
 
 
-def _parse_padding_mode(padding_mode: Any) -> str:
+def parse_padding_mode(padding_mode: Any) -> str:
     if not isinstance(padding_mode, str):
         raise TypeError(
             f"padding_mode must be a string, one of {PADDING_MODES}, got {padding_mode!r}"
@@ -297,8 +297,8 @@ def window_geometry(
     kernel = as_int_tuple(kernel_size, rank, "kernel_size", 1)
     stride = as_int_tuple(stride, rank, "stride", 1)
     dilation = as_int_tuple(dilation, rank, "dilation", 1)
-    mode = _parse_padding_mode(padding_mode)
-    pairs = _parse_padding(padding, rank, allow_same)
+    mode = parse_padding_mode(padding_mode)
+    pairs = parse_padding(padding, rank, allow_same)
     if pairs == "same":
         pairs = _same_padding(in_size, kernel, stride, dilation)
     padded = tuple(i + b + a for i, (b, a) in zip(in_size, pairs))
@@ -333,6 +333,34 @@ def window_geometry(
     return WindowGeometry(in_size, kernel, stride, pairs, dilation, out, mode)
 
 
+def rank_and_batching(ndim: int, kernel_size: Any, name: str) -> Tuple[int, bool]:
+    """(r, batched) of an array with ``ndim`` dimensions lowered with ``kernel_size``:
+    a tuple kernel fixes r (then (C, *I) is unbatched); an int means r = ndim - 2."""
+    if is_int(kernel_size):
+        if ndim < 3:
+            raise ValueError(
+                f"{name} must be batched (N, C, *spatial) with at least one spatial axis when "
+                f"kernel_size is an int, got {ndim} dimensions; give kernel_size as a tuple "
+                "for unbatched input"
+            )
+        return ndim - 2, True
+    try:
+        rank = len(kernel_size)
+    except TypeError:
+        raise TypeError(f"kernel_size must be an int or a tuple of ints, got {kernel_size!r}") \
+            from None
+    if rank < 1:
+        raise ValueError("kernel_size must have at least one entry (rank r >= 1)")
+    if ndim == rank + 2:
+        return rank, True
+    if ndim == rank + 1:
+        return rank, False
+    raise ValueError(
+        f"{name} must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} (C, *spatial) "
+        f"for kernel_size {tuple(kernel_size)}, got {ndim} dimensions"
+    )
+
+
 # --------------------------------------------------------------------------
 # shapes of arrays
 # --------------------------------------------------------------------------
@@ -341,7 +369,7 @@ def as_shape(value: Any, name: str) -> Tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
     items = tuple(value)
-    if not all(_is_int(item) for item in items):
+    if not all(is_int(item) for item in items):
         raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
     shape = tuple(int(item) for item in items)
     if any(s < 0 for s in shape):
@@ -470,7 +498,7 @@ def conv_transpose_geometry(
     kernel = as_int_tuple(weight_shape[2:], rank, "kernel_size", 1)
     stride_t = as_int_tuple(stride, rank, "stride", 1)
     dilation_t = as_int_tuple(dilation, rank, "dilation", 1)
-    pairs = _parse_padding(padding, rank, allow_same=False)
+    pairs = parse_padding(padding, rank, allow_same=False)
     out_pad = as_int_tuple(output_padding, rank, "output_padding", None)
     smallest = tuple(
         (i - 1) * s - b - a + d * (k - 1) + 1

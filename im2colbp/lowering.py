@@ -23,9 +23,9 @@ import numpy as np
 
 from .geometry import (
     WindowGeometry,
-    _is_int,
     as_float_array,
     as_shape,
+    rank_and_batching,
     window_geometry,
 )
 
@@ -146,32 +146,6 @@ def col2im_add(cols: np.ndarray, window: WindowGeometry, grad_padded: np.ndarray
 # --------------------------------------------------------------------------
 # public functions
 # --------------------------------------------------------------------------
-def _rank_and_batching(ndim: int, kernel_size: Any, name: str) -> Tuple[int, bool]:
-    if _is_int(kernel_size):
-        if ndim < 3:
-            raise ValueError(
-                f"{name} must be batched (N, C, *spatial) with at least one spatial axis when "
-                f"kernel_size is an int, got {ndim} dimensions; give kernel_size as a tuple "
-                "for unbatched input"
-            )
-        return ndim - 2, True
-    try:
-        rank = len(kernel_size)
-    except TypeError:
-        raise TypeError(f"kernel_size must be an int or a tuple of ints, got {kernel_size!r}") \
-            from None
-    if rank < 1:
-        raise ValueError("kernel_size must have at least one entry (rank r >= 1)")
-    if ndim == rank + 2:
-        return rank, True
-    if ndim == rank + 1:
-        return rank, False
-    raise ValueError(
-        f"{name} must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} (C, *spatial) "
-        f"for kernel_size {tuple(kernel_size)}, got {ndim} dimensions"
-    )
-
-
 def im2col(
     x: Any,
     kernel_size: Any,
@@ -227,7 +201,7 @@ def im2col(
     (2, 27, 64)
     """
     x = as_float_array(x, "x")
-    rank, batched = _rank_and_batching(x.ndim, kernel_size, "x")
+    rank, batched = rank_and_batching(x.ndim, kernel_size, "x")
     xb = x if batched else x[None]
     window = window_geometry(xb.shape[2:], kernel_size, stride, padding, dilation)
     n, channels = xb.shape[:2]

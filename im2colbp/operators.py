@@ -31,9 +31,9 @@ from .geometry import (
     as_int,
     as_shape,
     conv_geometry,
+    rank_and_batching,
     window_geometry,
 )
-from .lowering import _rank_and_batching
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -191,7 +191,7 @@ def im2col_operator(
     """
     max_nonzeros = as_int(max_nonzeros, "max_nonzeros", 0)
     input_shape = as_shape(input_shape, "input_shape")
-    rank, batched = _rank_and_batching(len(input_shape), kernel_size, "input_shape")
+    rank, batched = rank_and_batching(len(input_shape), kernel_size, "input_shape")
     lead = input_shape[: len(input_shape) - rank]
     window = window_geometry(input_shape[len(lead):], kernel_size, stride, padding, dilation)
     planes = math.prod(lead)  # N*C (or C): independent (sample, channel) planes

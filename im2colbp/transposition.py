@@ -34,12 +34,12 @@ import numpy as np
 from .conv import conv
 from .geometry import (
     WindowGeometry,
-    _is_int,
     as_float_array,
     as_int,
     as_int_tuple,
     check_array_shape,
     conv_geometry,
+    is_int,
     result_dtype,
 )
 from .lowering import pad, unpad_add
@@ -178,7 +178,7 @@ def zero_insert(dy: Any, stride: Any) -> np.ndarray:
             [1., 0., 1.]]])
     """
     dy = as_float_array(dy, "dy")
-    if _is_int(stride):
+    if is_int(stride):
         if dy.ndim < 3:
             raise ValueError(
                 f"dy must be batched (N, C, *spatial) with at least one spatial axis when "
