@@ -258,9 +258,12 @@ def _lowered_pass(
     else:
         kept_columns = None
     keep = keep_columns and chunk == batch and kept_columns is None
-    # The wide layout's garbage positions meet δ = 0; exact unless they read inf/nan.
-    clean_garbage = (columns.layout is not None and weight_grad and kept_columns is None
-                     and not bool(np.isfinite(source).all()))
+    # The wide layout's garbage positions meet δ = 0: exact unless they read inf/nan.
+    # (A non-finite sum also flags mere overflow; then the garbage is zeroed needlessly.)
+    clean_garbage = False
+    if columns.layout is not None and weight_grad and kept_columns is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            clean_garbage = not math.isfinite(float(np.sum(source)))
 
     for part in chunk_slices(batch, chunk):
         n = part.stop - part.start

@@ -399,3 +399,13 @@ def test_wide_lowering_weight_gradient_ignores_garbage_infinities(lowering_path)
         expected = reference.conv_grad_weight(dy, x, w_shape)
     assert np.isfinite(expected[..., 0]).all() and np.isnan(expected[..., 1]).all()
     np.testing.assert_array_equal(dw, expected)
+
+
+def test_large_finite_inputs_raise_no_overflow_warning(lowering_path):
+    """Huge but finite float32 inputs: the gradient is computed without warnings
+    (pytest turns RuntimeWarnings into errors) and equals the reference."""
+    x = np.full((1, 1, 4, 6), 3e38, dtype=np.float32)
+    dy = np.zeros((1, 1, 3, 5), dtype=np.float32)
+    dy[0, 0, 0, 0] = 1e-38
+    dw = ib.conv_grad_weight(dy, x, (1, 1, 2, 2))
+    np.testing.assert_allclose(dw, reference.conv_grad_weight(dy, x, (1, 1, 2, 2)), rtol=1e-6)
