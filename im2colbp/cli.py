@@ -37,6 +37,7 @@ from .examples import edge_filters, rgb_image
 from .geometry import ConvGeometry, conv_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
 from .lowering import im2col, pad
+from .transposition import conv_grad_input_by_transposition
 
 __all__ = ["main", "build_parser", "demo", "explain", "check"]
 
@@ -63,16 +64,6 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
 
 
-def _transposition_route() -> Optional[Callable[..., np.ndarray]]:
-    """``conv_grad_input_by_transposition`` when this version ships it, else None."""
-    try:
-        from .transposition import conv_grad_input_by_transposition
-    except ImportError:
-        return None
-    return conv_grad_input_by_transposition
-
-
-_NO_TRANSPOSITION = "transposition route: not available in this version"
 
 
 # --------------------------------------------------------------------------
@@ -317,7 +308,7 @@ def _axis_arithmetic(spec: ConvSpec, say: Callable[..., None]) -> None:
         starts = ", ".join(str(o * s) for o in range(min(out, 6))) + (", ..." if out > 6 else "")
         say(f"      windows start at padded index {starts}; the last covers "
             f"{last_start}..{last_start + extent} of 0..{padded - 1}")
-        unused = padded - 1 - (last_start + extent)
+        unused = window.remainder[axis]
         if unused:
             say(f"      the last {unused} padded sample(s) are never read (stride remainder) "
                 "and get no gradient")
@@ -478,16 +469,12 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
         flag = "" if good else "   <-- MISMATCH"
         say(f"   {name:<5}{str(ours.shape):<18}{ours.dtype.name:<9}{err_ref:13.1e}{fd_text}"
             f"  {how}{flag}")
-    route = _transposition_route()
-    if route is None:
-        say(f"   {_NO_TRANSPOSITION}")
-    else:
-        dx_t = route(dy, w, x.shape, **kw)
-        err = max_relative_error(dx_t, grads.input)
-        good = err <= ref_tol
-        ok = ok and good
-        say(f"   dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx: "
-            f"{err:.1e}{'' if good else '   <-- MISMATCH'}")
+    dx_t = conv_grad_input_by_transposition(dy, w, x.shape, **kw)
+    err = max_relative_error(dx_t, grads.input)
+    good = err <= ref_tol
+    ok = ok and good
+    say(f"   dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx: "
+        f"{err:.1e}{'' if good else '   <-- MISMATCH'}")
     say()
     say("OK: forward and every gradient agree" if ok else "MISMATCH: see the marked rows")
     return 0 if ok else 1
@@ -588,16 +575,12 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         worst = max(worst, err_direct, err_numeric or 0.0)
         numeric_text = f"{'-':>16}" if err_numeric is None else f"{err_numeric:16.1e}"
         say(f"          {name:4}{str(ours.shape):<16}{err_direct:10.1e}{numeric_text}")
-    route = _transposition_route()
-    if route is None:
-        say(f"          {_NO_TRANSPOSITION}")
-    else:
-        dx_t = route(dy, weight, x.shape, **kw)
-        err = _max_error(dx_t, grads.input)
-        worst = max(worst, err)
-        say("          dX by transposition: zero-insert delta (stride), pad, convolve with the "
-            "flipped,")
-        say(f"            channel-swapped filters -> agrees with col2im(W^T @ delta): {err:.1e}")
+    dx_t = conv_grad_input_by_transposition(dy, weight, x.shape, **kw)
+    err = _max_error(dx_t, grads.input)
+    worst = max(worst, err)
+    say("          dX by transposition: zero-insert delta (stride), pad, convolve with the "
+        "flipped,")
+    say(f"            channel-swapped filters -> agrees with col2im(W^T @ delta): {err:.1e}")
     ok = worst < 1e-6
 
     if timing:

@@ -138,7 +138,7 @@ class _Columns:
         return scratch("columns", (self.channels, self.window.kernel_volume, n, self.positions),
                        self.dtype)
 
-    def _per_sample_view(self, cols: np.ndarray) -> np.ndarray:
+    def per_sample_view(self, cols: np.ndarray) -> np.ndarray:
         """(n, C_in, prod(K), L_s) or (n, C_in, *K, *O) view of the batch-inside buffer."""
         view = cols.transpose(2, 0, 1, 3)
         if self.layout is None:
@@ -152,14 +152,14 @@ class _Columns:
         if self.layout is not None:
             rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
             split_phases_into(source, self.layout, rows, self._extended(n))
-            wide_im2col_into(rows, self.layout, self._per_sample_view(cols))
+            wide_im2col_into(rows, self.layout, self.per_sample_view(cols))
         else:
             padded = source
             if self.window.is_padded:
                 padded = scratch("padded", (n, self.channels) + self.window.padded_size,
                                  self.dtype)
                 pad_into(source, self.window, padded)
-            im2col_into(padded, self.window, self._per_sample_view(cols))
+            im2col_into(padded, self.window, self.per_sample_view(cols))
 
     def scatter(self, cols: np.ndarray, dx: np.ndarray) -> None:
         """col2im of ``cols`` (C_in, prod(K), n, L_s) into ``dx`` (n, C_in, *I)."""
@@ -167,16 +167,16 @@ class _Columns:
         if self.layout is not None:
             rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
             rows[...] = 0
-            wide_col2im_add(self._per_sample_view(cols), self.layout, rows)
+            wide_col2im_add(self.per_sample_view(cols), self.layout, rows)
             dx[...] = merge_phases(rows, self.layout, self._extended(n))
             return
         if not self.window.is_padded:
             dx[...] = 0
-            col2im_add(self._per_sample_view(cols), self.window, dx)
+            col2im_add(self.per_sample_view(cols), self.window, dx)
             return
         grad_padded = scratch("padded", (n, self.channels) + self.window.padded_size, self.dtype)
         grad_padded[...] = 0
-        col2im_add(self._per_sample_view(cols), self.window, grad_padded)
+        col2im_add(self.per_sample_view(cols), self.window, grad_padded)
         dx[...] = unpad_add(grad_padded, self.window)
 
     def _extended(self, n: int) -> Optional[np.ndarray]:
@@ -258,12 +258,12 @@ def _lowered_pass(
     else:
         kept_columns = None
     keep = keep_columns and chunk == batch and kept_columns is None
-    # The wide layout's garbage positions meet δ = 0: exact unless they read inf/nan.
-    # (A non-finite sum also flags mere overflow; then the garbage is zeroed needlessly.)
-    clean_garbage = False
-    if columns.layout is not None and weight_grad and kept_columns is None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            clean_garbage = not math.isfinite(float(np.sum(source)))
+    # The wide layout's garbage positions are multiplied by δ = 0 (in dW) or hold
+    # Wᵀ·0 (in dx's columns): exact zeros unless inf/nan is involved, so zero them
+    # explicitly when the source or the weight is not finite.
+    clean_columns = (columns.layout is not None and (weight_grad or keep)
+                     and kept_columns is None and not _all_finite(source))
+    clean_scatter = columns.layout is not None and scatter and not _all_finite(weight)
 
     for part in chunk_slices(batch, chunk):
         n = part.stop - part.start
@@ -276,8 +276,8 @@ def _lowered_pass(
         cols_g = cols.reshape(groups, rows_g, n * positions)  # (G, R, n·L_s)
         if (product or weight_grad) and kept_columns is None:
             columns.build(source[part], cols)
-            if clean_garbage:
-                zero_garbage(columns._per_sample_view(cols), columns.layout)
+            if clean_columns:
+                zero_garbage(columns.per_sample_view(cols), columns.layout)
         if product:
             y_gemm = scratch("product", (c_out, n, positions), dtype)
             np.matmul(w_groups, cols_g, out=y_gemm.reshape(groups, filters_g, n * positions))
@@ -301,9 +301,17 @@ def _lowered_pass(
                 np.multiply(w_groups_t, delta_g, out=cols_g)
             else:
                 np.matmul(w_groups_t, delta_g, out=cols_g)  # (G, R, n·L_s): dx's columns
+            if clean_scatter:
+                zero_garbage(columns.per_sample_view(cols), columns.layout)
             columns.scatter(cols, dx[part])
     kept = _KeptColumns(cols, columns.layout is not None, dtype) if keep else None
     return y, dw, dx, kept
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No inf/nan in ``array``, from one sum (mere overflow answers False, harmlessly)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.sum(array)))
 
 
 @dataclass(frozen=True)
@@ -372,8 +380,9 @@ def conv_forward(
     """Convolution that also returns the context :func:`conv_backward` needs.
 
     Same arguments and result as :func:`conv`. The context keeps references
-    to ``x`` and ``weight`` and, when it fits the workspace limit, the
-    column matrix, so backward does not rebuild it.
+    to ``x`` and ``weight`` and, when the whole batch's columns formed a single
+    chunk (at most 8 MiB and the workspace limit), the column matrix, so that
+    backward does not rebuild it.
 
     Examples
     --------
@@ -454,9 +463,12 @@ def conv(
 
     Notes
     -----
-    Cost: one GEMM per sample and group of ``(C_out/G) × (C_in/G·∏K) × ∏O``,
-    plus an im2col copy of ``C_in·∏K·∏O`` elements per sample. The column
-    buffer is bounded by :func:`workspace_limit`.
+    Cost: ``2·N·C_out·(C_in/G)·∏K·∏O`` flops in one GEMM per chunk of samples
+    and group, ``(C_out/G) × (C_in/G·∏K) × (n·∏O)``, plus an im2col copy of
+    ``C_in·∏K·∏O`` elements per sample. The column buffer is bounded by
+    :func:`workspace_limit`. For large kernels on small inputs a direct or FFT
+    method may be cheaper; for depthwise convolution (one channel per group)
+    the GEMMs degenerate to matrix-vector products.
 
     Examples
     --------
@@ -643,7 +655,8 @@ def conv_grad_bias(dy: Any) -> np.ndarray:
     Parameters
     ----------
     dy : array_like, shape (N, C_out, *O)
-        Batched δ.
+        Batched δ. An unbatched δ ``(C_out, *O)`` cannot be told apart when it
+        has two or more spatial axes: add the batch axis (``dy[None]``) first.
 
     Returns
     -------
@@ -656,9 +669,9 @@ def conv_grad_bias(dy: Any) -> np.ndarray:
     array([32., 32., 32.])
     """
     dy = as_float_array(dy, "dy")
-    if dy.ndim < 2:
+    if dy.ndim < 3:
         raise ValueError(
-            f"dy must be batched (N, C_out, *out_size) with at least 2 dimensions, "
+            f"dy must be batched, (N, C_out, *out_size) with at least 3 dimensions, "
             f"got shape {dy.shape}"
         )
     return _sum_bias(dy)

@@ -36,6 +36,10 @@ __all__ = [
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
+#: ``np.pad`` mode of each non-zero padding mode (the same semantics, NumPy's names).
+NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                   "circular": "wrap"}
+
 #: Largest number of elements any single array may need (padded input, output
 #: or the columns of one sample). 2**37 float64 elements is one TiB: anything
 #: larger is certainly a mistake and is refused before allocation.
@@ -56,6 +60,13 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_scalar(value: Any) -> bool:
+    """Not a sequence: a number, None, a 0-d array (strings are handled by callers)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0
+    return not isinstance(value, (Sequence, bytes))
+
+
 def as_int(value: Any, name: str, minimum: Optional[int]) -> int:
     """Return ``value`` as a Python int ``>= minimum`` (if given) or raise a clear error."""
     if not is_int(value):
@@ -70,7 +81,7 @@ def as_int(value: Any, name: str, minimum: Optional[int]) -> int:
 def as_int_tuple(value: Any, rank: int, name: str,
                  minimum: Optional[int] = 1) -> Tuple[int, ...]:
     """Normalise an int or a length-``rank`` sequence of ints to a tuple."""
-    if is_int(value):
+    if is_int(value) or _is_scalar(value):
         return (as_int(value, name, minimum),) * rank
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(
@@ -101,7 +112,7 @@ def parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs
         raise ValueError(
             f"padding string must be one of {accepted}, got {padding!r}"
         )
-    if is_int(padding):
+    if is_int(padding) or _is_scalar(padding):
         amount = as_int(padding, "padding", 0)
         return ((amount, amount),) * rank
     if isinstance(padding, bytes) or not isinstance(padding, (Sequence, np.ndarray)):
@@ -218,13 +229,13 @@ class WindowGeometry:
         return any(b or a for b, a in self.padding)
 
     @property
-    def is_pointwise(self) -> bool:
-        """1×…×1 kernel, stride 1, no padding, no crop: the columns are the input itself."""
-        return (
-            all(k == 1 for k in self.kernel_size)
-            and all(s == 1 for s in self.stride)
-            and not self.is_padded
-            and self.out_size == self.in_size
+    def remainder(self) -> Tuple[int, ...]:
+        """R per axis: trailing padded samples after the last one any window reads
+        (they exist when the stride does not divide the span; they get zero gradient)."""
+        return tuple(
+            p - ((o - 1) * s + d * (k - 1) + 1)
+            for p, o, s, d, k in zip(self.padded_size, self.out_size, self.stride,
+                                     self.dilation, self.kernel_size)
         )
 
 
@@ -333,31 +344,32 @@ def window_geometry(
     return WindowGeometry(in_size, kernel, stride, pairs, dilation, out, mode)
 
 
-def rank_and_batching(ndim: int, kernel_size: Any, name: str) -> Tuple[int, bool]:
+def rank_and_batching(ndim: int, kernel_size: Any, name: str,
+                      what: str = "kernel_size") -> Tuple[int, bool]:
     """(r, batched) of an array with ``ndim`` dimensions lowered with ``kernel_size``:
     a tuple kernel fixes r (then (C, *I) is unbatched); an int means r = ndim - 2."""
     if is_int(kernel_size):
         if ndim < 3:
             raise ValueError(
                 f"{name} must be batched (N, C, *spatial) with at least one spatial axis when "
-                f"kernel_size is an int, got {ndim} dimensions; give kernel_size as a tuple "
+                f"{what} is an int, got {ndim} dimensions; give {what} as a tuple "
                 "for unbatched input"
             )
         return ndim - 2, True
     try:
         rank = len(kernel_size)
     except TypeError:
-        raise TypeError(f"kernel_size must be an int or a tuple of ints, got {kernel_size!r}") \
+        raise TypeError(f"{what} must be an int or a tuple of ints, got {kernel_size!r}") \
             from None
     if rank < 1:
-        raise ValueError("kernel_size must have at least one entry (rank r >= 1)")
+        raise ValueError(f"{what} must have at least one entry (rank r >= 1)")
     if ndim == rank + 2:
         return rank, True
     if ndim == rank + 1:
         return rank, False
     raise ValueError(
         f"{name} must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} (C, *spatial) "
-        f"for kernel_size {tuple(kernel_size)}, got {ndim} dimensions"
+        f"for {what} {tuple(kernel_size)}, got {ndim} dimensions"
     )
 
 
@@ -455,6 +467,19 @@ def conv_geometry(
     return geometry
 
 
+def as_output_padding(output_padding: Any, stride: Tuple[int, ...],
+                      dilation: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Validate ``output_padding`` against PyTorch's range ``0 <= op < max(S, D)``."""
+    out_pad = as_int_tuple(output_padding, len(stride), "output_padding", None)
+    for axis, (op, s, d) in enumerate(zip(out_pad, stride, dilation)):
+        if not 0 <= op < max(s, d):
+            raise ValueError(
+                f"output_padding must satisfy 0 <= output_padding < max(stride, dilation) = "
+                f"{max(s, d)} on spatial axis {axis}, got {op}"
+            )
+    return out_pad
+
+
 def conv_transpose_geometry(
     input_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -499,18 +524,12 @@ def conv_transpose_geometry(
     stride_t = as_int_tuple(stride, rank, "stride", 1)
     dilation_t = as_int_tuple(dilation, rank, "dilation", 1)
     pairs = parse_padding(padding, rank, allow_same=False)
-    out_pad = as_int_tuple(output_padding, rank, "output_padding", None)
+    out_pad = as_output_padding(output_padding, stride_t, dilation_t)
     smallest = tuple(
         (i - 1) * s - b - a + d * (k - 1) + 1
         for i, s, (b, a), d, k in zip(in_size, stride_t, pairs, dilation_t, kernel)
     )
     limit = tuple(max(s, d) for s, d in zip(stride_t, dilation_t))
-    for axis, (op, lim) in enumerate(zip(out_pad, limit)):
-        if not 0 <= op < lim:
-            raise ValueError(
-                f"output_padding must satisfy 0 <= output_padding < max(stride, dilation) = "
-                f"{lim} on spatial axis {axis}, got {op}"
-            )
     if output_size is not None:
         requested = as_shape(output_size, "output_size")
         if len(requested) in (rank + 1, rank + 2):
@@ -582,24 +601,24 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
     float32/float64 (and longer floats) stay; float16 becomes float32; bool
     and integers become float64; complex and non-numeric data are refused.
     """
-    if isinstance(value, np.ndarray):
-        array = value
-    else:
-        try:
-            array = np.asarray(value)
-        except (ValueError, TypeError) as error:
-            raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}: "
-                            f"{error}") from None
+    try:
+        # asarray also strips subclasses (np.matrix would keep 2-D shapes, masks are ignored)
+        array = np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: torch grad tensors
+        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}: "
+                        f"{error}") from None
     kind = array.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real; complex dtype {array.dtype} is not supported")
     if kind in "biu":
         return array.astype(np.float64)
-    if kind == "f":
-        if array.dtype.itemsize < 4:
-            return array.astype(np.float32)
-        return array
-    raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if kind != "f":
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if array.dtype.itemsize < 4:
+        return array.astype(np.float32)
+    if not array.dtype.isnative:  # e.g. '>f4' from a file: compute in the machine's order
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 def result_dtype(*arrays: Optional[np.ndarray]) -> np.dtype:

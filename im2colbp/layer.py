@@ -38,8 +38,8 @@ from .geometry import (
     as_float_array,
     as_int,
     as_int_tuple,
+    as_output_padding,
     check_array_shape,
-    conv_transpose_geometry,
     is_int,
     parse_padding,
     parse_padding_mode,
@@ -163,14 +163,13 @@ class _ConvLayer:
         self.dilation = as_int_tuple(dilation, rank, "dilation", 1)
         self.padding = _padding_attribute(padding, rank, allow_same=not self.transposed)
         self.padding_mode = parse_padding_mode(padding_mode)
-        self.output_padding = as_int_tuple(output_padding, rank, "output_padding", 0)
+        self.output_padding = as_output_padding(output_padding, self.stride, self.dilation)
         has_bias = _as_bias_flag(bias)
         self.dtype = _float_dtype(dtype)
 
         if self.transposed:
             # (C_in, C_out/G, *K): the layout of the convolution whose adjoint this is
             weight_shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
-            self._check_output_padding(weight_shape)
         else:
             # (C_out, C_in/G, *K)
             weight_shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
@@ -180,16 +179,6 @@ class _ConvLayer:
         self.grad_bias = None if self._bias is None else np.zeros_like(self._bias)
         self._ctx: Optional[ConvContext] = None
         self.reset_parameters(rng)
-
-    def _check_output_padding(self, weight_shape: Tuple[int, ...]) -> None:
-        """Let the geometry check ``output_padding`` on a probe input large enough for the rest."""
-        pairs = parse_padding(self.padding, len(self.kernel_size), allow_same=False)
-        probe = tuple(2 + 2 * (before + after) for before, after in pairs)
-        conv_transpose_geometry(
-            (self.in_channels,) + probe, weight_shape, stride=self.stride,
-            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation,
-            groups=self.groups, padding_mode=self.padding_mode,
-        )
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -203,7 +192,7 @@ class _ConvLayer:
 
     @weight.setter
     def weight(self, value: Any) -> None:
-        self.load_state_dict({**self.state_dict(), "weight": value})
+        np.copyto(self._weight, self._checked("weight", value, "weight"), casting="same_kind")
 
     @property
     def bias(self) -> Optional[np.ndarray]:
@@ -217,7 +206,7 @@ class _ConvLayer:
                 f"this {type(self).__name__} has no bias (built with bias=False); "
                 "build a new layer with bias=True"
             )
-        self.load_state_dict({**self.state_dict(), "bias": value})
+        np.copyto(self._bias, self._checked("bias", value, "bias"), casting="same_kind")
 
     @property
     def ndim(self) -> int:
@@ -298,18 +287,21 @@ class _ConvLayer:
                 f"state_dict for {type(self).__name__} must have keys {sorted(expected)}; "
                 f"missing {missing}, unexpected {unexpected}{hint}"
             )
-        values = {}
-        for key, target in expected.items():
-            value = as_float_array(state_dict[key], f"state_dict[{key!r}]")
-            layout = "weight layout " + (
-                "(C_in, C_out/groups, *kernel_size)" if self.transposed
-                else "(C_out, C_in/groups, *kernel_size)"
-            ) if key == "weight" else "(C_out,)"
-            check_array_shape(value.shape, target.shape, f"state_dict[{key!r}]",
-                              f"{type(self).__name__} {key}, {layout}")
-            values[key] = value
+        values = {key: self._checked(key, state_dict[key], f"state_dict[{key!r}]")
+                  for key in expected}
         for key, value in values.items():
             np.copyto(expected[key], value, casting="same_kind")
+
+    def _checked(self, key: str, value: Any, name: str) -> np.ndarray:
+        """``value`` as a real array of parameter ``key``'s shape; errors say ``name``."""
+        target = self._weight if key == "weight" else self._bias
+        value = as_float_array(value, name)
+        layout = "weight layout " + (
+            "(C_in, C_out/groups, *kernel_size)" if self.transposed
+            else "(C_out, C_in/groups, *kernel_size)"
+        ) if key == "weight" else "(C_out,)"
+        check_array_shape(value.shape, target.shape, name, f"{type(self).__name__} {key}, {layout}")
+        return value
 
     # ---------------------------------------------------------------- passes
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
@@ -431,7 +423,7 @@ class Conv(_ConvLayer):
     Forward returns ``(N, C_out, *O)`` (``(C_out, *O)`` for unbatched input)
     with ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``. The
     context keeps references to x and to ``weight`` (and the column matrix
-    when it fits the workspace limit): modify neither in place between
+    when it was a single chunk): modify neither in place between
     forward and backward (update the weights after backward, as optimisers
     do). Backward pairs with the most recent forward only; calling it again
     accumulates the same gradients a second time.
@@ -493,21 +485,10 @@ class Conv(_ConvLayer):
         return y
 
 
-class Conv1d(Conv):
-    """1-d convolution layer (``torch.nn.Conv1d``'s arguments and positional order).
+class _ConvNd(Conv):
+    """Conv with the rank fixed by the subclass and PyTorch's positional argument order."""
 
-    See :class:`Conv` for the parameters. Input ``(N, C_in, L)`` or ``(C_in, L)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from im2colbp.layer import Conv1d
-    >>> layer = Conv1d(2, 4, 3, 2, 1, rng=0)     # stride 2, padding 1
-    >>> layer
-    Conv1d(2, 4, kernel_size=(3,), stride=(2,), padding=(1,))
-    >>> layer(np.zeros((5, 2, 9))).shape
-    (5, 4, 5)
-    """
+    _fixed_rank: int
 
     def __init__(
         self,
@@ -525,10 +506,29 @@ class Conv1d(Conv):
         rng: Any = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 1, dtype, rng)
+                    bias, padding_mode, self._fixed_rank, dtype, rng)
 
 
-class Conv2d(Conv):
+class Conv1d(_ConvNd):
+    """1-d convolution layer (``torch.nn.Conv1d``'s arguments and positional order).
+
+    See :class:`Conv` for the parameters. Input ``(N, C_in, L)`` or ``(C_in, L)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.layer import Conv1d
+    >>> layer = Conv1d(2, 4, 3, 2, 1, rng=0)     # stride 2, padding 1
+    >>> layer
+    Conv1d(2, 4, kernel_size=(3,), stride=(2,), padding=(1,))
+    >>> layer(np.zeros((5, 2, 9))).shape
+    (5, 4, 5)
+    """
+
+    _fixed_rank = 1
+
+
+class Conv2d(_ConvNd):
     """2-d convolution layer (``torch.nn.Conv2d``'s arguments and positional order).
 
     See :class:`Conv` for the parameters. Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``.
@@ -546,26 +546,10 @@ class Conv2d(Conv):
     (1, 6, 5, 5)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        dtype: Any = np.float32,
-        rng: Any = None,
-    ) -> None:
-        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 2, dtype, rng)
+    _fixed_rank = 2
 
 
-class Conv3d(Conv):
+class Conv3d(_ConvNd):
     """3-d convolution layer (``torch.nn.Conv3d``'s arguments and positional order).
 
     See :class:`Conv` for the parameters. Input ``(N, C_in, D, H, W)`` or ``(C_in, D, H, W)``.
@@ -581,23 +565,7 @@ class Conv3d(Conv):
     (1, 2, 4, 6, 6)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        dtype: Any = np.float32,
-        rng: Any = None,
-    ) -> None:
-        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 3, dtype, rng)
+    _fixed_rank = 3
 
 
 # --------------------------------------------------------------------------
@@ -713,19 +681,10 @@ class ConvTranspose(_ConvLayer):
         return y
 
 
-class ConvTranspose1d(ConvTranspose):
-    """1-d transposed convolution (``torch.nn.ConvTranspose1d``'s arguments and order).
+class _ConvTransposeNd(ConvTranspose):
+    """ConvTranspose with the rank fixed by the subclass and PyTorch's positional order."""
 
-    See :class:`ConvTranspose` for the parameters.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from im2colbp.layer import ConvTranspose1d
-    >>> layer = ConvTranspose1d(4, 2, 4, 2, 1, rng=0)   # stride 2, padding 1: doubles L
-    >>> layer(np.zeros((1, 4, 10))).shape
-    (1, 2, 20)
-    """
+    _fixed_rank: int
 
     def __init__(
         self,
@@ -744,10 +703,27 @@ class ConvTranspose1d(ConvTranspose):
         rng: Any = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 1, dtype, rng, output_padding)
+                    bias, padding_mode, self._fixed_rank, dtype, rng, output_padding)
 
 
-class ConvTranspose2d(ConvTranspose):
+class ConvTranspose1d(_ConvTransposeNd):
+    """1-d transposed convolution (``torch.nn.ConvTranspose1d``'s arguments and order).
+
+    See :class:`ConvTranspose` for the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.layer import ConvTranspose1d
+    >>> layer = ConvTranspose1d(4, 2, 4, 2, 1, rng=0)   # stride 2, padding 1: doubles L
+    >>> layer(np.zeros((1, 4, 10))).shape
+    (1, 2, 20)
+    """
+
+    _fixed_rank = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
     """2-d transposed convolution (``torch.nn.ConvTranspose2d``'s arguments and order).
 
     See :class:`ConvTranspose` for the parameters.
@@ -763,27 +739,10 @@ class ConvTranspose2d(ConvTranspose):
     (2, 10, 10)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
-        groups: int = 1,
-        bias: bool = True,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        *,
-        dtype: Any = np.float32,
-        rng: Any = None,
-    ) -> None:
-        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 2, dtype, rng, output_padding)
+    _fixed_rank = 2
 
 
-class ConvTranspose3d(ConvTranspose):
+class ConvTranspose3d(_ConvTransposeNd):
     """3-d transposed convolution (``torch.nn.ConvTranspose3d``'s arguments and order).
 
     See :class:`ConvTranspose` for the parameters.
@@ -799,21 +758,4 @@ class ConvTranspose3d(ConvTranspose):
     (1, 2, 6, 6, 6)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
-        groups: int = 1,
-        bias: bool = True,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        *,
-        dtype: Any = np.float32,
-        rng: Any = None,
-    ) -> None:
-        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, 3, dtype, rng, output_padding)
+    _fixed_rank = 3

@@ -16,7 +16,6 @@ back to that sample" rule.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -282,8 +281,3 @@ def col2im(
     if window.is_padded:
         image = image.copy()  # drop the padded buffer rather than keep it alive
     return image if batched else image[0]
-
-
-def columns_nbytes(window: WindowGeometry, channels: int, itemsize: int) -> int:
-    """Bytes of one sample's columns: ``C * prod(K) * prod(O) * itemsize``."""
-    return channels * window.kernel_volume * math.prod(window.out_size) * itemsize

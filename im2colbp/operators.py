@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 
 from .geometry import (
+    NUMPY_PAD_MODES,
     WindowGeometry,
     as_float_array,
     as_int,
@@ -44,7 +45,6 @@ __all__ = ["DEFAULT_MAX_NONZEROS", "im2col_operator", "conv_operator"]
 DEFAULT_MAX_NONZEROS = 10_000_000
 
 #: im2colbp padding modes -> the ``mode`` of :func:`numpy.pad` that copies samples the same way.
-_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 # --------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def _padded_sources(size: int, before: int, after: int, mode: str) -> np.ndarray
     index = np.arange(size)  # (I,)
     if mode == "zeros":
         return np.pad(index, (before, after), mode="constant", constant_values=-1)
-    return np.pad(index, (before, after), mode=_NUMPY_PAD_MODE[mode])  # (I + P_b + P_a,)
+    return np.pad(index, (before, after), mode=NUMPY_PAD_MODES[mode])  # (I + P_b + P_a,)
 
 
 def _axis_sources(window: WindowGeometry) -> List[np.ndarray]:

@@ -34,7 +34,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from im2colbp.geometry import (
+from .geometry import (
+    NUMPY_PAD_MODES,
     ConvGeometry,
     WindowGeometry,
     as_float_array,
@@ -52,13 +53,6 @@ __all__ = [
     "conv_transpose",
 ]
 
-#: im2colbp padding modes -> the ``mode`` of :func:`numpy.pad` that copies samples the same way.
-_NUMPY_PAD_MODE = {
-    "zeros": "constant",
-    "reflect": "reflect",
-    "replicate": "edge",
-    "circular": "wrap",
-}
 
 
 # --------------------------------------------------------------------------
@@ -70,7 +64,7 @@ def _pad(x: np.ndarray, window: WindowGeometry) -> np.ndarray:
     ``x`` is ``(N, C, *I)``; the result is ``(N, C, *(I + P_before + P_after))``.
     """
     widths = ((0, 0),) * (x.ndim - window.rank) + window.padding
-    return np.pad(x, widths, mode=_NUMPY_PAD_MODE[window.padding_mode])
+    return np.pad(x, widths, mode=NUMPY_PAD_MODES[window.padding_mode])
 
 
 def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray:
@@ -86,7 +80,7 @@ def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray
     if window.padding_mode == "zeros":
         padded_index = np.pad(index, window.padding, mode="constant", constant_values=-1)
     else:
-        padded_index = np.pad(index, window.padding, mode=_NUMPY_PAD_MODE[window.padding_mode])
+        padded_index = np.pad(index, window.padding, mode=NUMPY_PAD_MODES[window.padding_mode])
     source = padded_index.ravel()  # (prod(padded_size),): source sample of each position
     keep = source >= 0
     lead = grad_padded.shape[: grad_padded.ndim - window.rank]  # (N, C)

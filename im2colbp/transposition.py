@@ -39,7 +39,7 @@ from .geometry import (
     as_int_tuple,
     check_array_shape,
     conv_geometry,
-    is_int,
+    rank_and_batching,
     result_dtype,
 )
 from .lowering import pad, unpad_add
@@ -178,26 +178,7 @@ def zero_insert(dy: Any, stride: Any) -> np.ndarray:
             [1., 0., 1.]]])
     """
     dy = as_float_array(dy, "dy")
-    if is_int(stride):
-        if dy.ndim < 3:
-            raise ValueError(
-                f"dy must be batched (N, C, *spatial) with at least one spatial axis when "
-                f"stride is an int, got {dy.ndim} dimensions (shape {dy.shape}); give stride "
-                "as a tuple for unbatched input"
-            )
-        rank = dy.ndim - 2
-    else:
-        if isinstance(stride, (str, bytes)) or not isinstance(stride, (Sequence, np.ndarray)):
-            raise TypeError(f"stride must be an int or a tuple of ints, got {stride!r}")
-        rank = len(stride)
-        if rank < 1:
-            raise ValueError("stride must have at least one entry (rank r >= 1)")
-        if dy.ndim not in (rank + 1, rank + 2):
-            raise ValueError(
-                f"dy must have {rank + 2} dimensions (N, C, *spatial) or {rank + 1} "
-                f"(C, *spatial) for a stride of {rank} entries, got {dy.ndim} dimensions "
-                f"(shape {dy.shape})"
-            )
+    rank, _ = rank_and_batching(dy.ndim, stride, "dy", what="stride")
     steps = as_int_tuple(stride, rank, "stride", 1)
     spatial = dy.shape[dy.ndim - rank:]
     for axis, size in enumerate(spatial):
@@ -239,15 +220,6 @@ def _pad_or_crop(z: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def _remainder(window: WindowGeometry) -> Tuple[int, ...]:
-    """R per axis: trailing padded samples after the last one a window reads."""
-    return tuple(
-        p - ((o - 1) * s + d * (k - 1) + 1)
-        for p, o, s, d, k in zip(window.padded_size, window.out_size, window.stride,
-                                 window.dilation, window.kernel_size)
-    )
-
-
 def _backward_padding(window: WindowGeometry) -> Tuple[Tuple[int, int], ...]:
     """Padding of the zero-inserted δ for the stride-1 backward convolution.
 
@@ -257,7 +229,7 @@ def _backward_padding(window: WindowGeometry) -> Tuple[Tuple[int, int], ...]:
     return tuple(
         (d * (k - 1) - before, d * (k - 1) - after + rem)
         for d, k, (before, after), rem in zip(window.dilation, window.kernel_size,
-                                              window.padding, _remainder(window))
+                                              window.padding, window.remainder)
     )
 
 
@@ -482,7 +454,7 @@ def conv_grad_weight_by_correlation(
 
     xb = (x if geometry.batched else x[None]).astype(dtype, copy=False)  # (N, C_in, *I)
     dyb = (dy if geometry.batched else dy[None]).astype(dtype, copy=False)  # (N, C_out, *O)
-    reached = tuple(slice(0, p - rem) for p, rem in zip(window.padded_size, _remainder(window)))
+    reached = tuple(slice(0, p - rem) for p, rem in zip(window.padded_size, window.remainder))
     x_pad = pad(xb, window)[(Ellipsis,) + reached]  # (N, C_in, *(Z + D*(K-1)))
     # batch <-> channel: (N, G, C_in/G, *) -> (C_in/G, G, N, *) -> (C_in/G, G*N, *)
     x_swapped = (

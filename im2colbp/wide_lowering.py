@@ -101,6 +101,9 @@ def wide_layout(window: WindowGeometry, max_waste: Optional[float] = None) -> Op
     wide_out = (window.out_size[0],) + grid[1:]
     if math.prod(wide_out) > max_waste * window.out_volume:
         return None
+    extended = math.prod(g * s for g, s in zip(grid, stride))
+    if extended > max_waste * math.prod(window.padded_size):
+        return None  # a stride much larger than the input: mostly empty phase planes
     plane = math.prod(grid)
     grid_strides = [math.prod(grid[axis + 1:]) for axis in range(window.rank)]
     phase_strides = [math.prod(stride[axis + 1:]) for axis in range(window.rank)]

@@ -33,8 +33,8 @@ __all__ = [
     "chunk_slices",
 ]
 
-#: 256 MiB: large enough for most layers to run as one chunk, small enough to
-#: be harmless on a laptop.
+#: 256 MiB: an upper bound that is harmless on a laptop. (For speed, chunks are
+#: kept smaller still, about 8 MiB of columns, so that they stay in cache.)
 DEFAULT_WORKSPACE_LIMIT = 256 * 2**20
 
 _limit: ContextVar[int] = ContextVar("im2colbp_workspace_limit", default=DEFAULT_WORKSPACE_LIMIT)
@@ -81,9 +81,12 @@ def workspace_limit(nbytes: int) -> Iterator[int]:
 
     Notes
     -----
-    The batch is split into chunks of ``max(1, nbytes // bytes_per_sample)``
-    samples, where ``bytes_per_sample = C_in * prod(K) * prod(O) * itemsize``.
-    Results do not depend on the limit (tests check they are identical).
+    The batch is split into chunks of at most ``max(1, nbytes // bytes_per_sample)``
+    samples, where ``bytes_per_sample`` is the size of one sample's columns,
+    ``C_in * prod(K) * prod(O) * itemsize`` (``prod(O)`` slightly larger for
+    the widened layout of :mod:`im2colbp.wide_lowering`); for speed, chunks
+    are capped at about 8 MiB of columns even under a larger limit. Results do
+    not depend on the limit (tests check they agree to rounding).
 
     Examples
     --------

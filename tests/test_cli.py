@@ -12,7 +12,7 @@ import pytest
 
 import im2colbp.cli as cli
 from im2colbp.cli import main
-from im2colbp.conv import ConvGrads, conv_grad_input
+from im2colbp.conv import ConvGrads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,22 +57,9 @@ def test_demo_prints_small_errors(capsys):
         assert len(errors) == 2 and max(errors) < 1e-6
 
 
-def test_demo_transposition_route_absent_or_present(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_transposition_route", lambda: None)
-    _, out, _ = run(capsys, "demo", "--no-timing")
-    assert "transposition route: not available in this version" in out
-    monkeypatch.setattr(cli, "_transposition_route", lambda: conv_grad_input)
+def test_demo_shows_the_transposition_route_agreeing(capsys):
     code, out, _ = run(capsys, "demo", "--no-timing")
     assert code == 0 and "dX by transposition" in out
-
-
-def test_transposition_route_is_found_when_the_module_exists():
-    try:
-        import im2colbp.transposition  # noqa: F401
-    except ImportError:
-        assert cli._transposition_route() is None
-    else:
-        assert cli._transposition_route() is not None
 
 
 def _wrong_backward(real):

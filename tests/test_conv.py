@@ -5,7 +5,7 @@ adjoint identity, and scipy.signal.correlate."""
 import numpy as np
 import pytest
 import scipy.signal
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import PADDING_MODES, assert_close, conv_cases, conv_transpose_cases
 
@@ -113,7 +113,7 @@ def test_conv_transpose_padding_modes_are_adjoints(mode, case, seed, output_padd
         x, w, _ = case.arrays(seed)
         y_shape = ib.conv(x, w, **kw).shape
     except ValueError:
-        return  # e.g. reflect padding too large for this input
+        assume(False)  # e.g. reflect padding too large for this input
     stride = np.broadcast_to(kw["stride"], (case.rank,))
     dilation = np.broadcast_to(kw["dilation"], (case.rank,))
     op = tuple(min(output_padding, max(s, d) - 1) for s, d in zip(stride, dilation))
@@ -121,7 +121,7 @@ def test_conv_transpose_padding_modes_are_adjoints(mode, case, seed, output_padd
     try:
         xt = ib.conv_transpose(y, w, output_padding=op, **kw)
     except ValueError:
-        return  # output_padding made the size unreachable for this x
+        assume(False)  # output_padding made the size unreachable for this x
     # conv of an input of xt's size, cropped to y's size
     x = np.random.default_rng(seed + 1).standard_normal(xt.shape)
     conv_y = ib.conv(x, w, **kw)
@@ -263,9 +263,12 @@ def test_python_lists_are_accepted():
 @pytest.mark.parametrize("op", ["conv", "transpose"])
 def test_inputs_are_not_modified_and_results_do_not_alias(op, rng):
     x = rng.standard_normal((2, 4, 6, 6))
-    w = rng.standard_normal((4, 2, 1, 1) if op == "conv" else (4, 2, 1, 1))
-    b = rng.standard_normal(4 if op == "conv" else 4)
-    kwargs = dict(groups=2, padding_mode="circular" if op == "conv" else "zeros")
+    if op == "conv":  # 4 -> 4 channels, reflect padding exercises the padding's adjoint
+        w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+        kwargs = dict(groups=2, padding=1, padding_mode="reflect", stride=2)
+    else:  # transposed weight (C_in, C_out/G, *K): 4 -> 6 channels
+        w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(6)
+        kwargs = dict(groups=2, padding=1, stride=2, output_padding=1)
     copies = [a.copy() for a in (x, w, b)]
     forward = ib.conv_forward if op == "conv" else ib.conv_transpose_forward
     backward = ib.conv_backward if op == "conv" else ib.conv_transpose_backward
@@ -380,7 +383,7 @@ def test_each_lowering_path_transposed_matches_reference(lowering_path, case, se
     try:
         expected = reference.conv_transpose(x, w, b, **kw)
     except ValueError:
-        return  # e.g. reflect padding larger than the output it reflects
+        assume(False)  # e.g. reflect padding larger than the output it reflects
     assert_close(ib.conv_transpose(x, w, b, **kw), expected,
                  scale=_scale(expected) * w[0].size)
 
@@ -409,3 +412,61 @@ def test_large_finite_inputs_raise_no_overflow_warning(lowering_path):
     dy[0, 0, 0, 0] = 1e-38
     dw = ib.conv_grad_weight(dy, x, (1, 1, 2, 2))
     np.testing.assert_allclose(dw, reference.conv_grad_weight(dy, x, (1, 1, 2, 2)), rtol=1e-6)
+
+
+def test_non_finite_weights_do_not_leak_through_garbage_positions(lowering_path):
+    """An inf weight reaches only the samples its tap touches; the wide layout's
+    garbage columns (Wᵀ·0 = nan there) must not be scattered onto real samples."""
+    w = np.ones((1, 1, 3, 3))
+    w[0, 0, 0, 0] = np.inf
+    dy = np.ones((1, 1, 18, 18))
+    with np.errstate(invalid="ignore"):
+        expected = reference.conv_grad_input(dy, w, (1, 1, 20, 20))
+        got = ib.conv_grad_input(dy, w, (1, 1, 20, 20))
+        transposed = ib.conv_transpose(dy, w)
+    assert not np.isnan(expected).any()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(transposed, expected)
+
+
+def test_non_finite_input_with_kept_columns(lowering_path):
+    """Forward keeps the columns; an inf in the input must not reach other taps'
+    weight gradients through the kept garbage positions."""
+    x = np.ones((1, 1, 20, 20))
+    x[0, 0, 0, 19] = np.inf
+    w = np.ones((1, 1, 3, 3))
+    y, ctx = ib.conv_forward(x, w)
+    assert ctx.columns is not None
+    with np.errstate(invalid="ignore"):
+        grads = ib.conv_backward(np.ones_like(y), ctx)
+        expected = reference.conv_grad_weight(np.ones_like(y), x, w.shape)
+    np.testing.assert_array_equal(grads.weight, expected)
+
+
+@pytest.mark.parametrize("stride", [50, 3000, 10**9])
+def test_stride_much_larger_than_input(stride):
+    """One window per axis; no work or memory proportional to the stride."""
+    x, w = np.arange(2 * 3 * 64.0).reshape(2, 3, 8, 8), np.ones((4, 3, 3, 3))
+    y, ctx = ib.conv_forward(x, w, stride=stride)
+    np.testing.assert_allclose(y, reference.conv(x, w, stride=stride), rtol=1e-13)
+    grads = ib.conv_backward(np.ones_like(y), ctx)
+    np.testing.assert_allclose(grads.input, reference.conv_grad_input(
+        np.ones_like(y), w, x.shape, stride=stride), rtol=1e-13)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_ndarray_subclasses_are_treated_as_arrays():
+    """np.matrix keeps two dimensions under reductions, masked arrays carry masks;
+    results are plain arrays of the documented shapes."""
+    db = ib.conv_grad_bias(np.ma.ones((2, 3, 4)))
+    assert type(db) is np.ndarray and db.shape == (3,)
+    y = ib.conv(np.matrix(np.ones((2, 5))), np.ones((1, 2, 3)))  # unbatched (C, I)
+    assert type(y) is np.ndarray and y.shape == (1, 3)
+    cols = ib.col2im(np.matrix(np.ones((3, 3))), (5,), (3,))
+    assert type(cols) is np.ndarray and cols.shape == (1, 5)
+
+
+def test_non_native_byte_order_gives_native_results():
+    x = np.ones((1, 1, 4), dtype=">f4")
+    assert ib.im2col(x, 2).dtype == np.dtype("float32")
+    assert ib.conv(x, np.ones((1, 1, 2), dtype=">f8")).dtype == np.dtype("float64")

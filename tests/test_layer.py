@@ -383,7 +383,7 @@ ERRORS = [
     ("t-output-padding-stride1", lambda: ConvTranspose1d(1, 1, 3, output_padding=1), ValueError,
      "output_padding"),
     ("t-output-padding-negative", lambda: ConvTranspose1d(1, 1, 3, 2, output_padding=-1),
-     ValueError, "output_padding must be >= 0"),
+     ValueError, r"output_padding must satisfy 0 <= output_padding < max\(stride, dilation\) = 2"),
 ]
 
 
