@@ -423,7 +423,7 @@ class Conv(_ConvLayer):
     Forward returns ``(N, C_out, *O)`` (``(C_out, *O)`` for unbatched input)
     with ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``. The
     context keeps references to x and to ``weight`` (and the column matrix
-    when it was a single chunk): modify neither in place between
+    when it is small): modify neither in place between
     forward and backward (update the weights after backward, as optimisers
     do). Backward pairs with the most recent forward only; calling it again
     accumulates the same gradients a second time.

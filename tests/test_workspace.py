@@ -44,7 +44,7 @@ def test_chunked_results_equal_unchunked(transposed, data, seed, limit):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
 
 
-def test_context_keeps_columns_only_when_they_are_one_chunk(rng):
+def test_context_keeps_columns_only_when_they_fit_the_limit(rng):
     x, w = rng.standard_normal((4, 3, 8, 8)), rng.standard_normal((2, 3, 3, 3))
     per_sample = 3 * 9 * 36 * 8
     _, ctx = ib.conv_forward(x, w)
