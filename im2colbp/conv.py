@@ -335,6 +335,51 @@ class _KeptColumns:
                 and self.cols.shape[2:] == (batch, columns.positions))
 
 
+#: Use the channel-transposition route for the input gradient at stride 1 when
+#: it moves less memory than col2im (tests switch it off to cover both routes).
+USE_TRANSPOSITION_ROUTE = True
+
+
+def _input_gradient(geometry: ConvGeometry, dtype: np.dtype, weight: np.ndarray,
+                    delta: np.ndarray) -> np.ndarray:
+    """``dx = col2im(Wᵀ·δ)``, or at stride 1 the same as a forward convolution.
+
+    At stride 1 the input gradient is the convolution of δ, padded by
+    ``D·(K-1) - P_before`` before and ``D·(K-1) - P_after + R`` after, with the
+    channel-swapped, flipped kernel (Aggarwal's transposition; see
+    :mod:`im2colbp.transposition`). Its GEMM has the same flops, but instead of
+    writing ``C_in·∏K·L`` column entries and scatter-adding them (col2im: a
+    read-modify-write), it copies ``C_out·∏K·L`` entries of δ — cheaper unless
+    there are many more filters than input channels.
+    """
+    window = geometry.window
+    mode = window.padding_mode
+    if mode == "zeros":
+        pairs = tuple((d * (k - 1) - before, d * (k - 1) - after + r) for d, k, (before, after), r
+                      in zip(window.dilation, window.kernel_size, window.padding, window.remainder))
+    else:  # the gradient w.r.t. the padded input, folded back below
+        pairs = tuple((d * (k - 1), d * (k - 1) + r)
+                      for d, k, r in zip(window.dilation, window.kernel_size, window.remainder))
+    eligible = (USE_TRANSPOSITION_ROUTE and all(s == 1 for s in window.stride)
+                and geometry.out_channels < 2 * geometry.in_channels
+                and all(b >= 0 and a >= 0 for b, a in pairs)
+                and geometry.batch > 0 and geometry.in_channels > 0
+                and _all_finite(weight))  # inf·(padded zero) would be nan; col2im never forms it
+    if not eligible:
+        return _lowered_pass(geometry, dtype, weight=weight, delta=delta, scatter=True)[2]
+    from .transposition import backprop_kernel  # (transposition builds on this module)
+
+    kernel = backprop_kernel(weight, geometry.groups)  # (C_in, C_out/G, *K), flipped
+    backward = conv_geometry(
+        delta.shape, kernel.shape, stride=1, padding=pairs, dilation=window.dilation,
+        groups=geometry.groups,
+    )
+    grad = _lowered_pass(backward, dtype, source=delta, weight=kernel, product=True)[0]
+    if mode == "zeros":
+        return grad
+    return np.ascontiguousarray(unpad_add(grad, window))
+
+
 # --------------------------------------------------------------------------
 # argument handling shared by the public functions
 # --------------------------------------------------------------------------
@@ -534,15 +579,15 @@ def conv_backward(dy: Any, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the forward output's shape")
     dtype = result_dtype(dy, ctx.x, ctx.weight)
     dyb = _batched(dy, geometry).astype(dtype, copy=False)
-    _, dw, dx, _ = _lowered_pass(
-        geometry, dtype,
-        source=_batched(ctx.x, geometry).astype(dtype, copy=False),
-        weight=ctx.weight.astype(dtype, copy=False),
-        delta=dyb,
-        weight_grad=want_weight,
-        scatter=want_input,
-        kept_columns=ctx.columns,
-    )
+    weight = ctx.weight.astype(dtype, copy=False)
+    dw = dx = None
+    if want_weight:
+        dw = _lowered_pass(
+            geometry, dtype, source=_batched(ctx.x, geometry).astype(dtype, copy=False),
+            delta=dyb, weight_grad=True, kept_columns=ctx.columns,
+        )[1]
+    if want_input:
+        dx = _input_gradient(geometry, dtype, weight, dyb)
     db = _sum_bias(dyb) if (want_bias and ctx.has_bias) else None
     return ConvGrads(None if dx is None else _unbatched(dx, geometry), dw, db)
 
@@ -601,10 +646,8 @@ def conv_grad_input(
     check_array_shape(dy.shape, geometry.output_shape, "dy",
                       "the output of the convolution of input_shape")
     dtype = result_dtype(dy, weight)
-    _, _, dx, _ = _lowered_pass(
-        geometry, dtype, weight=weight.astype(dtype, copy=False),
-        delta=_batched(dy, geometry).astype(dtype, copy=False), scatter=True,
-    )
+    dx = _input_gradient(geometry, dtype, weight.astype(dtype, copy=False),
+                         _batched(dy, geometry).astype(dtype, copy=False))
     return _unbatched(dx, geometry)
 
 
@@ -723,10 +766,8 @@ def conv_transpose_forward(
         groups=groups, output_size=output_size, padding_mode=padding_mode,
     )
     dtype = result_dtype(x, weight, bias)
-    _, _, y, _ = _lowered_pass(
-        geometry, dtype, weight=weight.astype(dtype, copy=False),
-        delta=_batched(x, geometry).astype(dtype, copy=False), scatter=True,
-    )
+    y = _input_gradient(geometry, dtype, weight.astype(dtype, copy=False),
+                        _batched(x, geometry).astype(dtype, copy=False))
     _add_bias(y, bias)
     ctx = ConvContext(geometry, x, weight, bias is not None, transposed=True)
     return _unbatched(y, geometry), ctx
