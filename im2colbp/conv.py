@@ -354,12 +354,8 @@ def _input_gradient(geometry: ConvGeometry, dtype: np.dtype, weight: np.ndarray,
     """
     window = geometry.window
     mode = window.padding_mode
-    if mode == "zeros":
-        pairs = tuple((d * (k - 1) - before, d * (k - 1) - after + r) for d, k, (before, after), r
-                      in zip(window.dilation, window.kernel_size, window.padding, window.remainder))
-    else:  # the gradient w.r.t. the padded input, folded back below
-        pairs = tuple((d * (k - 1), d * (k - 1) + r)
-                      for d, k, r in zip(window.dilation, window.kernel_size, window.remainder))
+    # other modes: the gradient w.r.t. the padded input, folded back below
+    pairs = window.transposition_padding(padded_input=mode != "zeros")
     eligible = (USE_TRANSPOSITION_ROUTE and all(s == 1 for s in window.stride)
                 and geometry.out_channels < 2 * geometry.in_channels
                 and all(b >= 0 and a >= 0 for b, a in pairs)

@@ -228,6 +228,23 @@ class WindowGeometry:
     def is_padded(self) -> bool:
         return any(b or a for b, a in self.padding)
 
+    def transposition_padding(self, padded_input: bool = False) -> Pairs:
+        """Padding of the zero-inserted δ for the stride-1 backward convolution.
+
+        The input gradient is the stride-1 convolution (dilation D) of δ with
+        stride-1 zeros inserted, padded by ``(D*(K-1) - P_before, D*(K-1) - P_after + R)``
+        per axis (negative: crop), with the channel-swapped, flipped kernel. The
+        two amounts add up to ``I - Z + D*(K-1)``, so that output has size I.
+        With ``padded_input``, the gradient w.r.t. the *padded* input instead:
+        ``(D*(K-1), D*(K-1) + R)``.
+        """
+        return tuple(
+            (d * (k - 1) - (0 if padded_input else before),
+             d * (k - 1) - (0 if padded_input else after) + rem)
+            for d, k, (before, after), rem in zip(self.dilation, self.kernel_size, self.padding,
+                                                  self.remainder)
+        )
+
     @property
     def remainder(self) -> Tuple[int, ...]:
         """R per axis: trailing padded samples after the last one any window reads

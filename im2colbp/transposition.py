@@ -33,7 +33,6 @@ import numpy as np
 
 from .conv import conv
 from .geometry import (
-    WindowGeometry,
     as_float_array,
     as_int,
     as_int_tuple,
@@ -220,19 +219,6 @@ def _pad_or_crop(z: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def _backward_padding(window: WindowGeometry) -> Tuple[Tuple[int, int], ...]:
-    """Padding of the zero-inserted δ for the stride-1 backward convolution.
-
-    Per axis ``(D*(K-1) - P_before, D*(K-1) - P_after + R)``; negative means crop.
-    Their sum is ``I - Z + D*(K-1)``, so the stride-1 output has size I.
-    """
-    return tuple(
-        (d * (k - 1) - before, d * (k - 1) - after + rem)
-        for d, k, (before, after), rem in zip(window.dilation, window.kernel_size,
-                                              window.padding, window.remainder)
-    )
-
-
 # --------------------------------------------------------------------------
 # the two gradients
 # --------------------------------------------------------------------------
@@ -347,15 +333,12 @@ def conv_grad_input_by_transposition(
 
     if window.padding_mode == "zeros":
         # straight to dx: pad (or crop) by D*(K-1) - P_before, and so on
-        z_padded = _pad_or_crop(z, _backward_padding(window))  # (N, C_out, *(I + D*(K-1)))
+        z_padded = _pad_or_crop(z, window.transposition_padding())  # (N, C_out, *(I + D*(K-1)))
         dx = conv(z_padded, kernel, stride=1, dilation=window.dilation, groups=geometry.groups)
     else:
         # gradient w.r.t. the padded input (a convolution with P = 0), then fold the border
-        unpadded = _backward_padding(
-            WindowGeometry(window.padded_size, window.kernel_size, window.stride,
-                           ((0, 0),) * window.rank, window.dilation, window.out_size)
-        )
-        z_padded = _pad_or_crop(z, unpadded)  # (N, C_out, *(padded + D*(K-1)))
+        z_padded = _pad_or_crop(z, window.transposition_padding(padded_input=True))
+        # z_padded: (N, C_out, *(padded + D*(K-1)))
         dx_padded = conv(z_padded, kernel, stride=1, dilation=window.dilation,
                          groups=geometry.groups)  # (N, C_in, *padded)
         dx = unpad_add(dx_padded, window).copy()  # (N, C_in, *I)

@@ -20,7 +20,6 @@ import im2colbp as ib
 from im2colbp import reference
 from im2colbp.geometry import conv_geometry
 from im2colbp.transposition import (
-    _backward_padding,
     backprop_kernel,
     conv_grad_input_by_transposition,
     conv_grad_weight_by_correlation,
@@ -182,7 +181,7 @@ def test_remainder_rows_get_zero_gradient():
     dx = conv_grad_input_by_transposition(dy, w, (1, 1, 6), stride=2)
     np.testing.assert_array_equal(dx, [[[1.0, 2.0, 13.0, 20.0, 30.0, 0.0]]])
     window = conv_geometry((1, 1, 6), w.shape, stride=2).window
-    assert _backward_padding(window) == ((2, 3),)  # D*(K-1) - P_a + R = 2 - 0 + 1
+    assert window.transposition_padding() == ((2, 3),)  # D*(K-1) - P_a + R = 2 - 0 + 1
     # 2-D: remainder on both axes, weight gradient ignores the unread row/column
     x = np.zeros((1, 1, 6, 6))
     x[..., 5, :] = x[..., :, 5] = 1e6
@@ -209,7 +208,7 @@ def test_negative_backward_padding_crops(in_size, kernel, stride, padding, dilat
     kw = dict(stride=stride, padding=padding if isinstance(padding, int) else (padding,),
               dilation=dilation)
     window = conv_geometry(x.shape, w.shape, **kw).window
-    assert min(min(pair) for pair in _backward_padding(window)) < 0
+    assert min(min(pair) for pair in window.transposition_padding()) < 0
     dy = rng.standard_normal(ib.conv(x, w, **kw).shape)
     np.testing.assert_allclose(conv_grad_input_by_transposition(dy, w, x.shape, **kw),
                                reference.conv_grad_input(dy, w, x.shape, **kw), atol=1e-12)
@@ -223,7 +222,7 @@ def test_backward_padding_sums_to_input_size(case):
     geometry = conv_geometry(case.input_shape, case.weight_shape, **case.call_kwargs)
     window = geometry.window
     for (before, after), (p_before, _), i, o, s, d, k in zip(
-            _backward_padding(window), window.padding, window.in_size, window.out_size,
+            window.transposition_padding(), window.padding, window.in_size, window.out_size,
             window.stride, window.dilation, window.kernel_size):
         assert before == d * (k - 1) - p_before
         assert before + (o - 1) * s + 1 + after == i + d * (k - 1)
