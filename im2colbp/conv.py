@@ -324,7 +324,7 @@ def _all_finite(array: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class _KeptColumns:
-    """A forward pass's columns, kept for backward (only when they were one chunk)."""
+    """A forward pass's columns, kept for backward (only when they are small)."""
 
     cols: np.ndarray  # (C_in, prod(K), N, L_s)
     wide: bool
