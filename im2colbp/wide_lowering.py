@@ -179,15 +179,22 @@ def wide_col2im_add(cols: np.ndarray, layout: WideLayout, rows: np.ndarray) -> N
         rows[:, :, start:start + wide] += cols[:, :, tap]
 
 
+def _garbage_indices(layout: WideLayout):
+    """Indices (over the trailing r axes of a ``wide_out`` grid) of the garbage
+    positions: ``j_i >= O_i`` on each axis i >= 2 (axis 1 is never widened)."""
+    window = layout.window
+    for axis in range(1, window.rank):
+        index = (Ellipsis,) + (slice(None),) * axis + (slice(window.out_size[axis], None),)
+        yield index + (slice(None),) * (window.rank - axis - 1)
+
+
 def widen(array: np.ndarray, layout: WideLayout, out: np.ndarray) -> None:
     """Write ``array`` (n, F, *O) into ``out`` (n, F, L_wide), zero at garbage positions."""
     n, filters = array.shape[:2]
     grid = out.reshape((n, filters) + layout.wide_out)
     window = layout.window
     grid[(Ellipsis,) + tuple(slice(0, o) for o in window.out_size)] = array
-    for axis in range(1, window.rank):
-        index = (Ellipsis,) + (slice(None),) * axis + (slice(window.out_size[axis], None),)
-        index += (slice(None),) * (window.rank - axis - 1)
+    for index in _garbage_indices(layout):
         grid[index] = 0
 
 
@@ -203,8 +210,5 @@ def zero_garbage(cols: np.ndarray, layout: WideLayout) -> None:
     inf/nan read there cannot turn ``garbage * 0`` into nan in the weight gradient."""
     n, channels, taps = cols.shape[:3]
     grid = cols.reshape((n, channels, taps) + layout.wide_out)
-    window = layout.window
-    for axis in range(1, window.rank):
-        index = (Ellipsis,) + (slice(None),) * axis + (slice(window.out_size[axis], None),)
-        index += (slice(None),) * (window.rank - axis - 1)
+    for index in _garbage_indices(layout):
         grid[index] = 0
