@@ -5,7 +5,7 @@ Forward ``y = W · im2col(x) + b``; backward ``dW = δ · im2col(x)ᵀ``,
 spatial rank, groups, stride, dilation, every padding form and mode.
 """
 
-from .conv import (
+from .convolution import (
     ConvContext,
     ConvGrads,
     conv,
@@ -30,6 +30,7 @@ from .layer import (
     ConvTranspose3d,
 )
 from .lowering import col2im, im2col
+from .plan import ConvPlan, plan_conv
 from .operators import conv_operator, im2col_operator
 from .transposition import (
     backprop_kernel,
@@ -40,6 +41,8 @@ from .transposition import (
 from .workspace import (
     DEFAULT_WORKSPACE_LIMIT,
     get_workspace_limit,
+    release_scratch,
+    retained_scratch_bytes,
     set_workspace_limit,
     workspace_limit,
 )
@@ -58,6 +61,7 @@ __all__ = [
     "ConvContext",
     "ConvGeometry",
     "ConvGrads",
+    "ConvPlan",
     "DEFAULT_WORKSPACE_LIMIT",
     "PADDING_MODES",
     "WindowGeometry",
@@ -78,6 +82,9 @@ __all__ = [
     "get_workspace_limit",
     "im2col",
     "im2col_operator",
+    "plan_conv",
+    "release_scratch",
+    "retained_scratch_bytes",
     "set_workspace_limit",
     "workspace_limit",
     "zero_insert",

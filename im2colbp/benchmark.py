@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import reference
-from .conv import conv_backward, conv_forward
+from .convolution import conv_backward, conv_forward
 from .geometry import conv_geometry
 from .lowering import im2col
 from .workspace import get_workspace_limit

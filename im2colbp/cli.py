@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from . import reference
-from .conv import conv, conv_backward, conv_forward
+from .convolution import conv, conv_backward, conv_forward
 from .examples import edge_filters, rgb_image
 from .geometry import ConvGeometry, conv_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .conv import ConvContext, conv_backward, conv_forward, conv_transpose_forward
+from .convolution import ConvContext, conv_backward, conv_forward, conv_transpose_forward
 from .geometry import (
     as_float_array,
     as_int,

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_WORKSPACE_LIMIT",
     "scratch",
     "release_scratch",
+    "retained_scratch_bytes",
     "get_workspace_limit",
     "set_workspace_limit",
     "workspace_limit",
@@ -136,12 +137,18 @@ def chunk_slices(batch: int, chunk: int) -> Iterator[slice]:
 # --------------------------------------------------------------------------
 # reusable scratch buffers
 # --------------------------------------------------------------------------
-#: Scratch buffers up to this size are kept between calls (per thread), so that
+#: Each thread keeps at most this many bytes of scratch between calls, so that
 #: repeated convolutions do not pay the kernel's page faults for fresh memory
-#: every time. Larger ones are allocated per call and freed.
+#: every time. A buffer that would take the total above it is allocated for the
+#: call and freed with it. :func:`retained_scratch_bytes` tells how much is
+#: held; :func:`release_scratch` frees it.
 RETAINED_SCRATCH_BYTES = 64 * 2**20
 
 _scratch = threading.local()
+
+
+def _buffers() -> Dict[str, np.ndarray]:
+    return _scratch.__dict__.setdefault("buffers", {})
 
 
 def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
@@ -152,22 +159,45 @@ def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    buffers: Dict[str, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
+    buffers = _buffers()
     buffer = buffers.get(name)
     if buffer is None or buffer.nbytes < nbytes:
         buffers.pop(name, None)
         buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
-        if nbytes <= RETAINED_SCRATCH_BYTES:
+        if sum(b.nbytes for b in buffers.values()) + buffer.nbytes <= RETAINED_SCRATCH_BYTES:
             buffers[name] = buffer
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 
-def release_scratch() -> None:
-    """Free the scratch buffers this thread keeps between calls.
+def retained_scratch_bytes() -> int:
+    """Bytes of scratch this thread keeps between calls (at most 64 MiB).
 
     Examples
     --------
-    >>> from im2colbp.workspace import release_scratch
-    >>> release_scratch()
+    >>> import numpy as np, im2colbp as ib
+    >>> _ = ib.conv(np.ones((1, 1, 8, 8)), np.ones((1, 1, 3, 3)))
+    >>> 0 < ib.retained_scratch_bytes() <= 64 * 2**20
+    True
     """
+    return sum(b.nbytes for b in _buffers().values())
+
+
+def release_scratch() -> int:
+    """Free the scratch buffers this thread keeps between calls; return their bytes.
+
+    Every lowering call takes its buffers (columns, padded input, GEMM
+    operands) from a per-thread pool and leaves them there for the next call
+    of the same or a smaller geometry, up to 64 MiB per thread in all. Call
+    this after a burst of large convolutions to give that memory back; the
+    next call simply allocates again. Other threads' pools are untouched.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> _ = ib.conv(np.ones((1, 1, 8, 8)), np.ones((1, 1, 3, 3)))
+    >>> ib.release_scratch() > 0, ib.retained_scratch_bytes()
+    (True, 0)
+    """
+    held = retained_scratch_bytes()
     _scratch.__dict__.pop("buffers", None)
+    return held

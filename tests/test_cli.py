@@ -12,7 +12,7 @@ import pytest
 
 import im2colbp.cli as cli
 from im2colbp.cli import main
-from im2colbp.conv import ConvGrads
+from im2colbp.convolution import ConvGrads
 
 ROOT = Path(__file__).resolve().parents[1]
 

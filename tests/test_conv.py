@@ -11,6 +11,8 @@ from strategies import PADDING_MODES, assert_close, conv_cases, conv_transpose_c
 
 import im2colbp as ib
 from im2colbp import reference
+from im2colbp.engine import record_passes
+from im2colbp.plan import forced
 from im2colbp.gradcheck import numerical_gradient
 
 
@@ -349,14 +351,14 @@ def test_pointwise_transposed_with_crop(rng):
 # both lowerings: the plain strided one and the phase-split, widened one
 # --------------------------------------------------------------------------
 @pytest.fixture(params=["plain", "wide"])
-def lowering_path(request, monkeypatch):
-    """Force every convolution through one lowering path, whatever its waste."""
-    import sys
+def lowering_path(request):
+    """Force every convolution through one lowering layout, whatever its waste."""
+    with forced(layout=request.param):
+        yield request.param
 
-    conv_module = sys.modules["im2colbp.conv"]
-    monkeypatch.setattr(conv_module, "USE_WIDE_LOWERING", request.param == "wide")
-    monkeypatch.setattr("im2colbp.wide_lowering.MAX_WASTE", float("inf"))
-    return request.param
+
+def _layouts_run(passes):
+    return {layout for _, _, layout, _ in passes}
 
 
 @given(conv_cases(dtypes=(np.float64, np.float32)), st.integers(0, 2**32 - 1),
@@ -364,10 +366,12 @@ def lowering_path(request, monkeypatch):
 def test_each_lowering_path_matches_reference(lowering_path, case, seed, limit):
     x, w, b = case.arrays(seed)
     kw = case.call_kwargs
-    with ib.workspace_limit(limit):  # also exercise chunking on both paths
+    with ib.workspace_limit(limit), record_passes() as passes:  # chunking on both paths
         y, ctx = ib.conv_forward(x, w, b, **kw)
         dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
         grads = ib.conv_backward(dy, ctx)
+    assert _layouts_run(passes) == {lowering_path}
+    assert ctx.plan.forward.passes[0].layout.choice == lowering_path
     expected = reference.conv(x, w, b, **kw)
     assert_close(y, expected, scale=_scale(expected) * w[0].size)
     dx_ref = reference.conv_grad_input(dy, w, x.shape, **kw)
@@ -384,8 +388,10 @@ def test_each_lowering_path_transposed_matches_reference(lowering_path, case, se
         expected = reference.conv_transpose(x, w, b, **kw)
     except ValueError:
         assume(False)  # e.g. reflect padding larger than the output it reflects
-    assert_close(ib.conv_transpose(x, w, b, **kw), expected,
-                 scale=_scale(expected) * w[0].size)
+    with record_passes() as passes:
+        y = ib.conv_transpose(x, w, b, **kw)
+    assert _layouts_run(passes) == {lowering_path}
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)
 
 
 def test_wide_lowering_weight_gradient_ignores_garbage_infinities(lowering_path):
@@ -473,14 +479,15 @@ def test_non_native_byte_order_gives_native_results():
 
 
 @pytest.fixture(params=["col2im", "transposition"])
-def input_gradient_route(request, monkeypatch):
-    """Force the input gradient through col2im or (where eligible) the stride-1
+def input_gradient_route(request):
+    """Force the input gradient through col2im or (where it can serve) the stride-1
     channel-transposition route."""
-    import sys
+    with forced(adjoint=request.param):
+        yield request.param
 
-    conv_module = sys.modules["im2colbp.conv"]
-    monkeypatch.setattr(conv_module, "USE_TRANSPOSITION_ROUTE", request.param == "transposition")
-    return request.param
+
+def _adjoint_routes_run(passes):
+    return [route for kind, route, _, _ in passes if route in ("col2im", "transposition")]
 
 
 @given(conv_cases(dtypes=(np.float64, np.float32)), st.integers(0, 2**32 - 1))
@@ -491,11 +498,32 @@ def test_each_input_gradient_route_matches_reference(input_gradient_route, case,
         y, ctx = ib.conv_forward(x, w, b, **kw)
     except ValueError:
         assume(False)  # 'same' at stride 1 may need more reflect padding than fits
+    planned = ctx.plan.input_gradient.route.choice
     dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
     expected = reference.conv_grad_input(dy, w, x.shape, **kw)
-    assert_close(ib.conv_backward(dy, ctx).input, expected, scale=_scale(expected) * w.shape[0])
-    assert_close(ib.conv_grad_input(dy, w, x.shape, **kw), expected,
-                 scale=_scale(expected) * w.shape[0])
+    with record_passes() as passes:
+        dx_backward = ib.conv_backward(dy, ctx).input
+        dx_direct = ib.conv_grad_input(dy, w, x.shape, **kw)
+    assert _adjoint_routes_run(passes) == [planned, planned]
+    if input_gradient_route == "col2im":
+        assert planned == "col2im"
+    assert_close(dx_backward, expected, scale=_scale(expected) * w.shape[0])
+    assert_close(dx_direct, expected, scale=_scale(expected) * w.shape[0])
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+def test_transposition_route_runs_where_it_can(mode):
+    """Stride 1, paddings within D·(K-1): the forced transposition route is planned and
+    is the route that runs (a test of the fixture above, which cannot tell otherwise)."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 6, 7)), rng.standard_normal((2, 3, 3, 3))
+    dy = rng.standard_normal((2, 2, 6, 7))
+    with forced(adjoint="transposition"), record_passes() as passes:
+        dx = ib.conv_grad_input(dy, w, x.shape, padding=1, padding_mode=mode)
+    assert _adjoint_routes_run(passes) == ["transposition"]
+    np.testing.assert_allclose(
+        dx, reference.conv_grad_input(dy, w, x.shape, padding=1, padding_mode=mode),
+        rtol=1e-12, atol=1e-12)
 
 
 @given(conv_transpose_cases(modes=PADDING_MODES), st.integers(0, 2**32 - 1))
@@ -506,5 +534,7 @@ def test_each_input_gradient_route_transposed(input_gradient_route, case, seed):
         expected = reference.conv_transpose(x, w, b, **kw)
     except ValueError:
         assume(False)  # e.g. reflect padding larger than the output it reflects
-    assert_close(ib.conv_transpose(x, w, b, **kw), expected,
-                 scale=_scale(expected) * w[0].size)
+    with record_passes() as passes:
+        y, ctx = ib.conv_transpose_forward(x, w, b, **kw)
+    assert _adjoint_routes_run(passes) == [ctx.plan.forward.route.choice]
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from im2colbp import reference
-from im2colbp.conv import conv, conv_backward, conv_forward
+from im2colbp.convolution import conv, conv_backward, conv_forward
 from im2colbp.gradcheck import numerical_gradient
 from im2colbp.layer import (
     Conv,

@@ -1,0 +1,124 @@
+"""The setup every computing entry point shares: arrays in, geometry, dtype, batch axis.
+
+A public function converts its arrays (:func:`~im2colbp.geometry.as_float_array`),
+validates its arguments into a :class:`~im2colbp.geometry.ConvGeometry`, picks
+the result dtype and adds the batch axis to unbatched arrays — in that order,
+and only here. :mod:`im2colbp.convolution`, :mod:`im2colbp.transposition` and
+:mod:`im2colbp.operators` build on it; :mod:`im2colbp.reference` keeps its own
+path so that it stays an independent oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .geometry import (
+    ConvGeometry,
+    as_float_array,
+    check_array_shape,
+    conv_geometry,
+    conv_transpose_geometry,
+    result_dtype,
+)
+
+__all__ = ["ConvCall", "geometry_kwargs", "forward_call", "grad_input_call",
+           "grad_weight_call", "batched", "unbatched", "is_private"]
+
+
+def geometry_kwargs(stride: Any, padding: Any, dilation: Any, groups: Any,
+                    padding_mode: Any) -> Dict[str, Any]:
+    """The geometry keywords of a convolution as one dict."""
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                padding_mode=padding_mode)
+
+
+def batched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """``array`` with the batch axis (a view)."""
+    return array if geometry.batched else array[None]
+
+
+def unbatched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """``array`` without the batch axis when the call was unbatched (a view)."""
+    return array if geometry.batched else array[0]
+
+
+def is_private(converted: np.ndarray, given: Any) -> bool:
+    """True when ``converted`` is a fresh array no caller can reach (a conversion's copy)."""
+    return converted is not given and converted.base is None and converted.flags.owndata
+
+
+@dataclass(frozen=True, eq=False)
+class ConvCall:
+    """A validated call: the geometry, the compute dtype and the arrays, batched.
+
+    Arrays keep their own floating dtype (the engine casts chunk by chunk, so
+    a mixed-dtype call copies no whole array); ``weight`` is already contiguous
+    in ``dtype`` (it is small, and a contiguous weight keeps long GEMM sums in
+    BLAS's blocked, accurate accumulation even when the caller passed a
+    broadcast view).
+    """
+
+    geometry: ConvGeometry
+    dtype: np.dtype
+    x: Optional[np.ndarray] = None  # (N, C_in, *I), or δ of a transposed convolution
+    weight: Optional[np.ndarray] = None
+    bias: Optional[np.ndarray] = None
+    dy: Optional[np.ndarray] = None  # (N, C_out, *O)
+    x_private: bool = False  # x is a conversion's own copy
+    weight_private: bool = False  # likewise the weight
+
+    def result(self, array: np.ndarray) -> np.ndarray:
+        return unbatched(array, self.geometry)
+
+
+def _contiguous_weight(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(weight, dtype=dtype)
+
+
+def forward_call(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
+                 kwargs: Dict[str, Any], *, transposed: bool = False) -> ConvCall:
+    """Set up ``conv(x, weight, bias, **kwargs)`` (or ``conv_transpose``)."""
+    x_array = as_float_array(x, "x")
+    weight_array = as_float_array(weight, "weight")
+    bias_array = None if bias is None else as_float_array(bias, "bias")
+    bias_shape = None if bias_array is None else bias_array.shape
+    if transposed:
+        geometry = conv_transpose_geometry(x_array.shape, weight_array.shape, bias_shape,
+                                           **kwargs)
+    else:
+        geometry = conv_geometry(x_array.shape, weight_array.shape, bias_shape, **kwargs)
+    dtype = result_dtype(x_array, weight_array, bias_array)
+    weight_contiguous = _contiguous_weight(weight_array, dtype)
+    return ConvCall(geometry, dtype, batched(x_array, geometry), weight_contiguous, bias_array,
+                    x_private=is_private(x_array, x),
+                    weight_private=is_private(weight_contiguous, weight))
+
+
+def grad_input_call(dy: ArrayLike, weight: ArrayLike, input_shape: Any,
+                    kwargs: Dict[str, Any]) -> ConvCall:
+    """Set up ``conv_grad_input(dy, weight, input_shape, **kwargs)``."""
+    dy_array = as_float_array(dy, "dy")
+    weight_array = as_float_array(weight, "weight")
+    geometry = conv_geometry(input_shape, weight_array.shape, **kwargs)
+    check_array_shape(dy_array.shape, geometry.output_shape, "dy",
+                      "the output of the convolution of input_shape")
+    dtype = result_dtype(dy_array, weight_array)
+    return ConvCall(geometry, dtype, weight=_contiguous_weight(weight_array, dtype),
+                    dy=batched(dy_array, geometry))
+
+
+def grad_weight_call(dy: ArrayLike, x: ArrayLike, weight_shape: Any,
+                     kwargs: Dict[str, Any]) -> ConvCall:
+    """Set up ``conv_grad_weight(dy, x, weight_shape, **kwargs)``."""
+    dy_array = as_float_array(dy, "dy")
+    x_array = as_float_array(x, "x")
+    geometry = conv_geometry(x_array.shape, weight_shape, **kwargs)
+    check_array_shape(dy_array.shape, geometry.output_shape, "dy",
+                      "the output of the convolution of x")
+    dtype = result_dtype(dy_array, x_array)
+    return ConvCall(geometry, dtype, x=batched(x_array, geometry), dy=batched(dy_array, geometry))
+

@@ -1,0 +1,340 @@
+"""The passes: execute a :class:`~im2colbp.plan.ConvPlan`, decide nothing.
+
+Per chunk of n samples and group g, with the chunk's columns laid out
+*batch inside*, ``(C_in/G·∏K, n·L_s)`` per group (L_s = L, or L_wide for the
+wide layout), each of the three passes is one GEMM::
+
+    product           y[:, g]  = W_g · cols_g                  (C_out/G, n·L_s)
+    weight gradient   dW_g    += δ_g · cols_gᵀ                 (C_out/G, C_in/G·∏K)
+    col2im            dx       = col2im(W_gᵀ · δ_g)             scatter-add
+
+y and δ move between ``(n, C_out, *O)`` and the GEMM's ``(C_out, n, L_s)``
+with one transposing copy each — cheap next to the columns, which are
+``∏K·C_in/C_out`` times larger. The arrays a pass reads may have any floating
+dtype: every copy into scratch casts to the plan's dtype, so no whole-array
+conversion is ever made.
+
+Which passes ran can be observed with :func:`record_passes` (the tests use it
+to prove that a route they ask for is the route that ran).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .kernels import backprop_kernel
+from .lowering import col2im_add, im2col_into, pad_into, unpad_add
+from .plan import PassPlan, Step
+from .wide_lowering import (
+    merge_phases,
+    narrow,
+    split_phases_into,
+    wide_col2im_add,
+    wide_im2col_into,
+    widen,
+    zero_garbage,
+)
+from .workspace import chunk_slices, scratch
+
+__all__ = ["KeptColumns", "record_passes", "product", "weight_gradient", "adjoint"]
+
+_record: ContextVar[Optional[List[Tuple[str, str, str, int]]]] = ContextVar(
+    "im2colbp_recorded_passes", default=None)
+
+
+@contextmanager
+def record_passes() -> Iterator[List[Tuple[str, str, str, int]]]:
+    """Record every pass executed inside the block as ``(kind, route, layout, chunk)``.
+
+    Examples
+    --------
+    >>> import numpy as np, im2colbp as ib
+    >>> from im2colbp.engine import record_passes
+    >>> with record_passes() as passes:
+    ...     _ = ib.conv(np.ones((2, 1, 12, 12)), np.ones((1, 1, 3, 3)))
+    >>> passes
+    [('product', 'im2col', 'wide', 2)]
+    """
+    passes: List[Tuple[str, str, str, int]] = []
+    token = _record.set(passes)
+    try:
+        yield passes
+    finally:
+        _record.reset(token)
+
+
+def _note(p: PassPlan, route: str) -> None:
+    passes = _record.get()
+    if passes is not None:
+        passes.append((p.kind, route, p.layout.choice, p.samples_per_chunk))
+
+
+@dataclass(frozen=True, eq=False)
+class KeptColumns:
+    """A forward pass's columns, kept for the weight gradient (only when small)."""
+
+    cols: np.ndarray  # (C_in, prod(K), N, L_s)
+    wide: bool
+
+
+class _Columns:
+    """The columns of one pass: build them from a source, scatter them back.
+
+    Either layout keeps a chunk's columns as a ``(C_in, prod(K), n, L_s)``
+    array, so that every group's column matrix ``(C_in/G·prod(K), n·L_s)`` is
+    contiguous and each GEMM covers the whole chunk.
+    """
+
+    def __init__(self, p: PassPlan, dtype: np.dtype):
+        self.window = p.geometry.window
+        self.dtype = dtype
+        self.channels = p.geometry.in_channels
+        self.layout = p.wide
+        self.positions = (self.layout.wide_positions if self.layout is not None
+                          else self.window.out_volume)  # L_s
+
+    def buffer(self, n: int) -> np.ndarray:
+        """The chunk's column scratch, (C_in, prod(K), n, L_s)."""
+        return scratch("columns", (self.channels, self.window.kernel_volume, n, self.positions),
+                       self.dtype)
+
+    def per_sample_view(self, cols: np.ndarray) -> np.ndarray:
+        """(n, C_in, prod(K), L_s) or (n, C_in, *K, *O) view of the batch-inside buffer."""
+        view = cols.transpose(2, 0, 1, 3)
+        if self.layout is None:
+            window = self.window
+            view = view.reshape(view.shape[:2] + window.kernel_size + window.out_size)
+        return view
+
+    def build(self, source: np.ndarray, cols: np.ndarray) -> None:
+        """Columns of ``source`` (n, C_in, *I) into ``cols`` (C_in, prod(K), n, L_s)."""
+        n = source.shape[0]
+        if self.layout is not None:
+            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
+            split_phases_into(source, self.layout, rows, self._extended(n))
+            wide_im2col_into(rows, self.layout, self.per_sample_view(cols))
+        else:
+            padded = source
+            if self.window.is_padded:
+                padded = scratch("padded", (n, self.channels) + self.window.padded_size,
+                                 self.dtype)
+                pad_into(source, self.window, padded)
+            im2col_into(padded, self.window, self.per_sample_view(cols))
+
+    def scatter(self, cols: np.ndarray, dx: np.ndarray) -> None:
+        """col2im of ``cols`` (C_in, prod(K), n, L_s) into ``dx`` (n, C_in, *I)."""
+        n = dx.shape[0]
+        if self.layout is not None:
+            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
+            rows[...] = 0
+            wide_col2im_add(self.per_sample_view(cols), self.layout, rows)
+            dx[...] = merge_phases(rows, self.layout, self._extended(n))
+            return
+        if not self.window.is_padded:
+            dx[...] = 0
+            col2im_add(self.per_sample_view(cols), self.window, dx)
+            return
+        grad_padded = scratch("padded", (n, self.channels) + self.window.padded_size, self.dtype)
+        grad_padded[...] = 0
+        col2im_add(self.per_sample_view(cols), self.window, grad_padded)
+        dx[...] = unpad_add(grad_padded, self.window)
+
+    def _extended(self, n: int) -> Optional[np.ndarray]:
+        if math.prod(self.window.stride) == 1:
+            return None
+        return scratch("extended", (n, self.channels) + self.layout.extended_size, self.dtype)
+
+    def to_gemm(self, array: np.ndarray, out: np.ndarray) -> None:
+        """``array`` (n, F, *O) into ``out`` (F, n, L_s), zero at wide-only positions."""
+        transposed = array.swapaxes(0, 1)  # (F, n, *O)
+        if self.layout is None:
+            out.reshape(transposed.shape)[...] = transposed
+        else:
+            widen(transposed, self.layout, out)
+
+    def from_gemm(self, gemm: np.ndarray) -> np.ndarray:
+        """View (n, F, *O) of ``gemm`` (F, n, L_s)."""
+        if self.layout is None:
+            view = gemm.reshape(gemm.shape[:2] + self.window.out_size)
+        else:
+            view = narrow(gemm, self.layout)
+        return view.swapaxes(0, 1)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No inf/nan in ``array``, from one sum (mere overflow answers False, harmlessly)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.sum(array)))
+
+
+def _empty(p: PassPlan) -> bool:
+    g = p.geometry
+    return g.batch == 0 or g.in_channels == 0 or g.out_channels == 0
+
+
+def _grouped_weight(p: PassPlan, weight: np.ndarray) -> np.ndarray:
+    """(G, F, R) view of a contiguous weight (C_out, C_in/G, *K)."""
+    g = p.geometry
+    return weight.reshape(g.groups, g.out_channels // g.groups, g.column_rows // g.groups)
+
+
+# --------------------------------------------------------------------------
+# the three passes
+# --------------------------------------------------------------------------
+def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
+            keep: bool = False, route: str = "im2col",
+            out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[KeptColumns]]:
+    """``y = W · cols(source)`` per chunk: (N, C_in, *I) -> (N, C_out, *O).
+
+    With ``keep`` (the plan's ``keep_columns``, whose pass is one chunk) the
+    columns are built in a fresh array and returned for backward. With
+    ``p.fold`` the result is the gradient w.r.t. a padded input, folded back
+    per chunk into ``out`` (N, C, *I) of the padding's window (the
+    transposition route under a non-zero padding mode).
+    """
+    _note(p, route)
+    g, window = p.geometry, p.geometry.window
+    y = out if out is not None else np.empty((g.batch, g.out_channels) + window.out_size, dtype)
+    if _empty(p):
+        y[...] = 0
+        return y, None
+    columns = _Columns(p, dtype)
+    w_groups = _grouped_weight(p, weight)  # (G, F, R)
+    groups, filters_g, rows_g = w_groups.shape
+    positions = columns.positions
+    kept = None
+    for part in chunk_slices(g.batch, p.samples_per_chunk):
+        n = part.stop - part.start
+        if keep:  # a fresh array: the context owns it, scratch would be overwritten
+            cols = np.empty((g.in_channels, window.kernel_volume, n, positions), dtype=dtype)
+            kept = KeptColumns(cols, columns.layout is not None)
+        else:
+            cols = columns.buffer(n)  # (C_in, prod(K), n, L_s)
+        columns.build(source[part], cols)
+        y_gemm = scratch("product", (g.out_channels, n, positions), dtype)
+        np.matmul(w_groups, cols.reshape(groups, rows_g, n * positions),
+                  out=y_gemm.reshape(groups, filters_g, n * positions))
+        if p.fold is not None:
+            folded = scratch("folded", (n, g.out_channels) + window.out_size, dtype)
+            folded[...] = columns.from_gemm(y_gemm)
+            y[part] = unpad_add(folded, p.fold)
+        else:
+            y[part] = columns.from_gemm(y_gemm)
+    if kept is not None and kept.wide and not _all_finite(source):
+        # garbage positions read real samples: keep inf/nan out of the other taps' dW
+        zero_garbage(columns.per_sample_view(kept.cols), columns.layout)
+    return y, kept
+
+
+def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
+                    delta: np.ndarray, kept: Optional[KeptColumns] = None) -> np.ndarray:
+    """``dW = Σ_n δ · cols(source)ᵀ``: (N, C_in, *I), (N, C_out, *O) -> weight shape.
+
+    ``kept`` columns (from forward) replace ``source``; they are read as they
+    are when the whole batch is one chunk of the plan's dtype, else cast chunk
+    by chunk.
+    """
+    _note(p, "im2col")
+    g, window = p.geometry, p.geometry.window
+    dw = np.zeros(g.weight_shape, dtype=dtype)
+    if _empty(p):
+        return dw
+    columns = _Columns(p, dtype)
+    if kept is not None and kept.wide != (columns.layout is not None):
+        raise RuntimeError("kept columns and the weight-gradient pass disagree on the layout")
+    groups = g.groups
+    filters_g, rows_g = g.out_channels // groups, g.column_rows // groups
+    dw_groups = dw.reshape(groups, filters_g, rows_g)
+    dw_part = scratch("weight_grad", (groups, filters_g, rows_g), dtype)
+    positions = columns.positions
+    chunk = p.samples_per_chunk
+    use_kept_as_is = (kept is not None and kept.cols.dtype == dtype
+                      and kept.cols.shape[2] == g.batch)
+    if use_kept_as_is:
+        chunk = g.batch
+    # The wide layout's garbage positions meet δ = 0: exact zeros unless the
+    # source holds inf/nan, so zero them explicitly then.
+    clean = columns.layout is not None and kept is None and not _all_finite(source)
+    for part in chunk_slices(g.batch, chunk):
+        n = part.stop - part.start
+        if use_kept_as_is:
+            cols = kept.cols
+        else:
+            cols = columns.buffer(n)
+            if kept is not None:
+                cols[...] = kept.cols[:, :, part]
+            else:
+                columns.build(source[part], cols)
+                if clean:
+                    zero_garbage(columns.per_sample_view(cols), columns.layout)
+        delta_gemm = scratch("delta", (g.out_channels, n, positions), dtype)
+        columns.to_gemm(delta[part], delta_gemm)
+        # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
+        np.matmul(delta_gemm.reshape(groups, filters_g, n * positions),
+                  cols.reshape(groups, rows_g, n * positions).transpose(0, 2, 1), out=dw_part)
+        dw_groups += dw_part
+    return dw
+
+
+def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
+            route: str) -> np.ndarray:
+    """``dx = col2im(Wᵀ · δ)``: (N, C_out, *O) -> (N, C_in, *I)."""
+    _note(p, route)
+    g, window = p.geometry, p.geometry.window
+    dx = np.empty((g.batch, g.in_channels) + window.in_size, dtype=dtype)
+    if _empty(p):
+        dx[...] = 0
+        return dx
+    columns = _Columns(p, dtype)
+    w_groups_t = _grouped_weight(p, weight).transpose(0, 2, 1)  # (G, R, F)
+    groups, rows_g, filters_g = w_groups_t.shape
+    positions = columns.positions
+    # garbage positions hold Wᵀ·0: exact zeros unless the weight holds inf/nan
+    clean = columns.layout is not None and not _all_finite(weight)
+    for part in chunk_slices(g.batch, p.samples_per_chunk):
+        n = part.stop - part.start
+        delta_gemm = scratch("delta", (g.out_channels, n, positions), dtype)
+        columns.to_gemm(delta[part], delta_gemm)
+        delta_g = delta_gemm.reshape(groups, filters_g, n * positions)  # (G, F, n·L_s)
+        cols = columns.buffer(n)
+        cols_g = cols.reshape(groups, rows_g, n * positions)
+        if filters_g == 1:
+            # one filter per group (depthwise): Wᵀ·δ is an outer product, which
+            # broadcasting does faster than a GEMM with inner dimension 1
+            np.multiply(w_groups_t, delta_g, out=cols_g)
+        else:
+            np.matmul(w_groups_t, delta_g, out=cols_g)  # (G, R, n·L_s): dx's columns
+        if clean:
+            zero_garbage(columns.per_sample_view(cols), columns.layout)
+        columns.scatter(cols, dx[part])
+    return dx
+
+
+def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The input gradient ``dx`` of the convolution, by the step's route.
+
+    ``col2im``: one col2im pass. ``transposition``: the product pass of the
+    stride-1 convolution of δ with :func:`~im2colbp.kernels.backprop_kernel`
+    (its geometry pads δ by ``D·(K-1) - P``), folded back for non-zero
+    padding modes; the step's col2im fallback runs for a weight with inf/nan.
+    """
+    route = step.route.choice
+    if route == "col2im":
+        return _col2im(step.passes[0], dtype, weight, delta, route)
+    if route != "transposition":
+        raise RuntimeError(f"unknown input-gradient route {route!r}")
+    if not _all_finite(weight):  # inf·(padded zero) would be nan; col2im never forms it
+        return _col2im(step.fallback, dtype, weight, delta, "col2im")
+    p = step.passes[0]
+    forward = step.fallback.geometry  # the convolution whose input gradient this is
+    kernel = backprop_kernel(weight, forward.groups)  # (C_in, C_out/G, *K), flipped
+    out = np.empty((forward.batch, forward.in_channels) + forward.window.in_size, dtype)
+    dx, _ = product(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype), out=out,
+                    route=route)
+    return dx

@@ -1,0 +1,559 @@
+"""The plan: every decision the engine makes for one convolution, made up front.
+
+:func:`plan_conv` is a pure function of the geometry, the dtype, the method
+and the workspace limit in force. It returns a frozen :class:`ConvPlan` that
+names, for each of the three operations (forward, input gradient, weight
+gradient), the *route* (which algorithm), the *layout* of its columns, the
+*chunk* of samples each GEMM covers, the scratch it needs, and whether
+forward keeps its columns for backward — each with the reason it was chosen.
+The passes in :mod:`im2colbp.engine` execute a plan and decide nothing; a
+forward context carries its plan to backward.
+
+In terms of the convolution ``y = conv(x, w)`` of geometry ``G`` there are
+only three kinds of pass, and a transposed convolution uses the same three
+with roles exchanged:
+
+=================  ===========================  ==============================
+pass               convolution                  transposed convolution
+=================  ===========================  ==============================
+product            forward ``W·X_col``          input gradient ``conv(δ, w)``
+adjoint            input gradient               forward
+weight gradient    ``δ·X_colᵀ`` (columns of x)  (columns of δ, "δ" = x)
+=================  ===========================  ==============================
+
+The adjoint (``dx = col2im(Wᵀ·δ)``) has two routes: ``col2im`` — the taught
+scatter-add — and, at stride 1, ``transposition``: the same numbers as a
+forward convolution of the padded δ with the channel-swapped, flipped kernel
+(Aggarwal's §8.3), which moves less memory unless there are many more filters
+than input channels.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from .geometry import (
+    ConvGeometry,
+    WindowGeometry,
+    conv_geometry,
+    conv_transpose_geometry,
+)
+from .calls import geometry_kwargs
+from .wide_lowering import WideLayout, wide_layout
+from .workspace import get_workspace_limit, samples_per_chunk
+
+__all__ = [
+    "METHODS",
+    "Decision",
+    "PassPlan",
+    "Step",
+    "ConvPlan",
+    "plan_conv",
+    "make_plan",
+    "forced",
+]
+
+#: The methods ``method=`` accepts. ``"im2col"`` is exactly the taught
+#: lowering; ``"auto"`` may choose any route the library has.
+METHODS = ("auto", "im2col")
+
+#: Preferred bytes of one chunk's column buffer (capped by the workspace limit):
+#: small enough that the columns im2col writes are still in the last-level
+#: cache when the GEMM reads them, large enough to keep the GEMMs efficient.
+PREFERRED_CHUNK_BYTES = 8 * 2**20
+
+#: Forward keeps the whole batch's columns for backward up to this size (and the
+#: workspace limit); above it, backward rebuilds them chunk by chunk, which was
+#: measured faster than streaming a large kept matrix back from memory.
+KEEP_COLUMNS_BYTES = 16 * 2**20
+
+_forced: ContextVar[Dict[str, str]] = ContextVar("im2colbp_forced_choices", default={})
+
+_LAYOUTS = ("plain", "wide")
+_ADJOINT_ROUTES = ("col2im", "transposition")
+
+
+@contextmanager
+def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None) -> Iterator[None]:
+    """Force a layout or an input-gradient route in every plan made inside the block.
+
+    For tests and experiments that must reach a path ``"auto"`` would not
+    choose. ``layout``: ``'plain'`` or ``'wide'`` (the wide layout then ignores
+    its waste bound); ``adjoint``: ``'col2im'`` or ``'transposition'`` (the
+    latter only where it can serve: stride 1, paddings within ``D·(K-1)``).
+    The plan says "forced" in its reasons.
+
+    Examples
+    --------
+    >>> import im2colbp as ib
+    >>> from im2colbp.plan import forced
+    >>> with forced(layout="plain"):
+    ...     print(ib.plan_conv((1, 1, 8, 8), (1, 1, 3, 3)).forward.passes[0].layout.choice)
+    plain
+    """
+    choices = dict(_forced.get())
+    if layout is not None:
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        choices["layout"] = layout
+    if adjoint is not None:
+        if adjoint not in _ADJOINT_ROUTES:
+            raise ValueError(f"adjoint must be one of {_ADJOINT_ROUTES}, got {adjoint!r}")
+        choices["adjoint"] = adjoint
+    token = _forced.set(choices)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+# --------------------------------------------------------------------------
+# the plan's parts
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    """One choice of the plan and why it was made."""
+
+    choice: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.choice}: {self.reason}"
+
+
+@dataclass(frozen=True, eq=False)
+class PassPlan:
+    """One pass over the batch in chunks: what it lowers and how.
+
+    Attributes
+    ----------
+    kind : {'product', 'weight_gradient', 'col2im'}
+        ``W·cols``, ``Σ δ·colsᵀ`` or ``col2im(Wᵀ·δ)``.
+    geometry : ConvGeometry
+        The convolution whose columns the pass builds (for the transposition
+        route: the stride-1 convolution of δ, not the forward one).
+    layout : Decision
+        ``'wide'`` (phase-split, widened columns: one contiguous run per
+        kernel offset) or ``'plain'`` (strided slices).
+    chunk : Decision
+        Samples per chunk (an int).
+    sample_bytes : int
+        Scratch one sample of a chunk needs (columns and every other buffer).
+    column_bytes : int
+        The columns of one sample (part of ``sample_bytes``).
+    fixed_bytes : int
+        Scratch that does not grow with the chunk (a weight-sized buffer).
+    fold : WindowGeometry or None
+        The forward window whose padding the result is folded back through:
+        the transposition route under a non-zero padding mode computes the
+        gradient w.r.t. the *padded* input, and every border sample's share is
+        added onto the sample it was copied from.
+    wide : WideLayout or None
+        The wide layout's index arithmetic when ``layout`` is ``'wide'``.
+    """
+
+    kind: str
+    geometry: ConvGeometry
+    layout: Decision
+    chunk: Decision
+    sample_bytes: int
+    column_bytes: int
+    fixed_bytes: int
+    fold: Optional[WindowGeometry] = None
+    wide: Optional[WideLayout] = None
+
+    @property
+    def samples_per_chunk(self) -> int:
+        return int(self.chunk.choice)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Scratch of the pass: one chunk's working set plus the fixed part."""
+        return self.samples_per_chunk * self.sample_bytes + self.fixed_bytes
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """How one operation is computed: a route and the passes that run it."""
+
+    operation: str
+    route: Decision
+    passes: Tuple[PassPlan, ...]
+    #: the pass that runs instead when the route cannot serve the data (the
+    #: transposition route falls back to col2im for a weight with inf/nan)
+    fallback: Optional[PassPlan] = None
+
+    @property
+    def scratch_bytes(self) -> int:
+        every = self.passes + ((self.fallback,) if self.fallback is not None else ())
+        return max((p.scratch_bytes for p in every), default=0)
+
+
+@dataclass(frozen=True, eq=False)
+class ConvPlan:
+    """Every decision for one (transposed) convolution and its gradients.
+
+    Attributes
+    ----------
+    geometry : ConvGeometry
+        The convolution (for ``transposed``, the forward convolution whose
+        input gradient the transposed convolution is).
+    dtype : numpy.dtype
+        The compute and result dtype.
+    transposed : bool
+    has_bias : bool
+    method : str
+        The method asked for (``'auto'`` or ``'im2col'``).
+    forward, input_gradient, weight_gradient : Step
+        The three operations, in the caller's terms.
+    keep_columns : Decision
+        Whether forward keeps its columns for the weight gradient (a bool).
+    workspace_limit : int
+        The limit the chunks were sized for, in bytes.
+    """
+
+    geometry: ConvGeometry
+    dtype: np.dtype
+    transposed: bool
+    has_bias: bool
+    method: str
+    forward: Step
+    input_gradient: Step
+    weight_gradient: Step
+    keep_columns: Decision
+    workspace_limit: int
+
+    @property
+    def steps(self) -> Tuple[Step, Step, Step]:
+        return (self.forward, self.input_gradient, self.weight_gradient)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The most scratch any one pass holds (passes run one after another)."""
+        return max(step.scratch_bytes for step in self.steps)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the columns forward keeps for backward (0 when it keeps none)."""
+        if not self.keep_columns.choice:
+            return 0
+        wgrad = self.weight_gradient.passes[0]
+        return wgrad.geometry.batch * wgrad.column_bytes
+
+    @property
+    def result_bytes(self) -> Dict[str, int]:
+        """Bytes of each result: the output, and the three gradients."""
+        item = self.dtype.itemsize
+        g = self.geometry
+        x_elems = g.batch * g.in_channels * math.prod(g.window.in_size)
+        y_elems = g.batch * g.out_channels * g.window.out_volume
+        if self.transposed:
+            x_elems, y_elems = y_elems, x_elems
+        return {"output": y_elems * item, "input": x_elems * item,
+                "weight": math.prod(g.weight_shape) * item,
+                "bias": (g.out_channels if not self.transposed else g.in_channels) * item}
+
+    def __str__(self) -> str:
+        g, w = self.geometry, self.geometry.window
+        kind = "conv_transpose" if self.transposed else "conv"
+        lines = [
+            f"{kind} plan, method={self.method!r}, {self.dtype}: "
+            f"N={g.batch}, C_in={g.in_channels}, C_out={g.out_channels}, groups={g.groups}, "
+            f"I={w.in_size}, K={w.kernel_size}, O={w.out_size}, S={w.stride}, "
+            f"P={w.padding}, D={w.dilation}, padding_mode={w.padding_mode!r}"
+            + (" (the forward convolution this transposes)" if self.transposed else ""),
+        ]
+        for step in self.steps:
+            lines.append(f"  {step.operation:<16} {step.route}")
+            for p in step.passes:
+                lines.append(f"  {'':<16}   {p.kind} pass, layout {p.layout}")
+                lines.append(f"  {'':<16}   {p.chunk.choice} of {p.geometry.batch} samples "
+                             f"per chunk: {p.chunk.reason}")
+                lines.append(f"  {'':<16}   scratch: {_bytes(p.scratch_bytes)}")
+        lines.append(f"  {'keep columns':<16} {self.keep_columns}")
+        results = ", ".join(f"{name} {_bytes(n)}" for name, n in self.result_bytes.items())
+        lines.append(
+            f"  {'memory':<16} scratch {_bytes(self.scratch_bytes)} at most at a time "
+            f"(workspace limit {_bytes(self.workspace_limit)}); kept columns "
+            f"{_bytes(self.kept_bytes)}; results: {results}"
+        )
+        return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------
+# planning
+# --------------------------------------------------------------------------
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    return method
+
+
+def _layout(window: WindowGeometry) -> Tuple[Decision, Optional[WideLayout]]:
+    forced_layout = _forced.get().get("layout")
+    if forced_layout == "plain":
+        return Decision("plain", "forced"), None
+    if forced_layout == "wide":
+        return Decision("wide", "forced"), wide_layout(window, max_waste=float("inf"))
+    positions = window.out_volume
+    if window.kernel_volume > positions:
+        return Decision("plain", f"more kernel taps ({window.kernel_volume}) than window "
+                                 f"positions ({positions}): per-tap runs would be short"), None
+    layout = wide_layout(window)
+    if layout is None:
+        return Decision("plain", "the wide layout would waste more than 25% of the GEMM "
+                                 "columns (or the stride is far larger than the input)"), None
+    waste = layout.wide_positions / positions - 1
+    return Decision("wide", f"each of the {window.kernel_volume} kernel offsets copies one "
+                            f"contiguous run; {waste:.1%} extra GEMM columns"), layout
+
+
+def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
+          fold: Optional[WindowGeometry] = None, whole_batch: bool = False) -> PassPlan:
+    """Size one pass's scratch and chunks (see the engine for the buffers named here)."""
+    window = geometry.window
+    layout_decision, layout = _layout(window)
+    c_in, c_out = geometry.in_channels, geometry.out_channels
+    positions = layout.wide_positions if layout is not None else window.out_volume
+    columns = c_in * window.kernel_volume * positions
+    gemm = c_out * positions  # the GEMM's y (product) or δ (weight gradient, col2im)
+    if layout is not None:
+        staging = c_in * layout.row_length  # the phase-split rows
+        if math.prod(window.stride) > 1:
+            staging += c_in * math.prod(layout.extended_size)  # the padded, extended input
+    else:
+        staging = c_in * math.prod(window.padded_size) if window.is_padded else 0
+    if fold is not None:
+        staging += c_out * window.out_volume  # the chunk's gradient w.r.t. the padded input
+    sample = (columns + gemm + staging) * itemsize
+    fixed = math.prod(geometry.weight_shape) * itemsize if kind == "weight_gradient" else 0
+    batch = geometry.batch
+    if batch == 0 or c_in == 0 or c_out == 0:
+        chunk = Decision(max(batch, 1), "nothing to lower (an empty batch or no channels)")
+        return PassPlan(kind, geometry, layout_decision, chunk, 0, 0, 0, fold, layout)
+    if whole_batch:
+        chunk = Decision(batch, "the whole batch in one chunk, whose columns forward keeps")
+    else:
+        by_cache = samples_per_chunk(batch, columns * itemsize,
+                                     min(limit, PREFERRED_CHUNK_BYTES))
+        by_limit = samples_per_chunk(batch, sample, limit)
+        count = min(by_cache, by_limit)
+        if sample > limit:
+            why = (f"one sample's working set ({_bytes(sample)}) exceeds the workspace "
+                   f"limit ({_bytes(limit)}): a chunk of one runs anyway")
+        elif count == by_cache and count < batch:
+            why = (f"columns of {_bytes(columns * itemsize)} per sample, chunks of at most "
+                   f"{_bytes(min(limit, PREFERRED_CHUNK_BYTES))} of columns stay in cache")
+        elif count < batch:
+            why = (f"a working set of {_bytes(sample)} per sample within the workspace "
+                   f"limit {_bytes(limit)}")
+        else:
+            why = (f"the whole batch fits: {_bytes(batch * sample)} of scratch "
+                   f"({_bytes(batch * columns * itemsize)} of columns)")
+        chunk = Decision(count, why)
+    return PassPlan(kind, geometry, layout_decision, chunk, sample, columns * itemsize, fixed,
+                    fold, layout)
+
+
+def _transposition_geometry(geometry: ConvGeometry) -> Optional[ConvGeometry]:
+    """The stride-1 convolution of δ that gives dx, or None where it cannot serve."""
+    window = geometry.window
+    pairs = window.transposition_padding(padded_input=window.padding_mode != "zeros")
+    if (any(s != 1 for s in window.stride) or any(b < 0 or a < 0 for b, a in pairs)
+            or geometry.batch == 0 or geometry.in_channels == 0 or geometry.out_channels == 0):
+        return None
+    kernel_shape = (geometry.in_channels, geometry.out_channels // geometry.groups)
+    return conv_geometry(
+        (geometry.batch, geometry.out_channels) + window.out_size,
+        kernel_shape + window.kernel_size,
+        stride=1, padding=pairs, dilation=window.dilation, groups=geometry.groups,
+    )
+
+
+def _adjoint_step(operation: str, geometry: ConvGeometry, method: str, itemsize: int,
+                  limit: int) -> Step:
+    window = geometry.window
+    backward = _transposition_geometry(geometry)
+    forced_route = _forced.get().get("adjoint")
+    fold = window if window.padding_mode != "zeros" else None
+    copied = geometry.out_channels * window.kernel_volume * window.out_volume
+    written = geometry.in_channels * window.kernel_volume * window.out_volume
+    fallback = " (col2im instead when the weight holds inf/nan: inf·0 at the padding is nan)"
+    if forced_route == "transposition" and backward is not None:
+        route = Decision("transposition", "forced" + fallback)
+    elif forced_route == "col2im":
+        route = Decision("col2im", "forced")
+    elif method == "im2col":
+        route = Decision("col2im", "method='im2col': the taught lowering, col2im(Wᵀ·δ)")
+    elif backward is None:
+        why = ("stride > 1" if any(s != 1 for s in window.stride)
+               else "nothing to lower" if geometry.batch == 0 or written == 0 or copied == 0
+               else "a padding larger than D·(K-1) would need a crop of δ")
+        route = Decision("col2im", f"col2im(Wᵀ·δ); the transposition route cannot serve: {why}")
+    elif geometry.out_channels >= 2 * geometry.in_channels:
+        route = Decision("col2im", f"col2im(Wᵀ·δ): C_out = {geometry.out_channels} ≥ 2·C_in, "
+                                   "so the transposition would copy more than col2im writes")
+    else:
+        route = Decision("transposition", (
+            f"stride 1: dx is the stride-1 convolution of δ padded by "
+            f"{backward.window.padding} with the channel-swapped, flipped kernel; it copies "
+            f"{copied} entries of δ instead of writing and scatter-adding {written}" + fallback))
+    col2im = _pass("col2im", geometry, itemsize, limit)
+    if route.choice == "transposition":
+        return Step(operation, route, (_pass("product", backward, itemsize, limit, fold=fold),),
+                    fallback=col2im)
+    return Step(operation, route, (col2im,))
+
+
+def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
+              transposed: bool = False, has_bias: bool = True,
+              keep_for_backward: bool = True) -> ConvPlan:
+    """The plan for a validated geometry (the engine's entry; see :func:`plan_conv`).
+
+    ``keep_for_backward=False`` plans a forward whose context is not needed
+    (``conv``), so no columns are kept.
+    """
+    method = _check_method(method)
+    dtype = np.dtype(dtype)
+    limit = get_workspace_limit()
+    item = dtype.itemsize
+    if transposed:
+        forward = _adjoint_step("forward", geometry, method, item, limit)
+        input_gradient = Step("input gradient", Decision(
+            "im2col", "the forward convolution of δ: W·X_col of δ's columns"),
+            (_pass("product", geometry, item, limit),))
+        keep = Decision(False, "the forward pass builds no columns of x")
+    else:
+        input_gradient = _adjoint_step("input gradient", geometry, method, item, limit)
+        product = _pass("product", geometry, item, limit)
+        batch = geometry.batch
+        batch_columns = batch * product.column_bytes
+        if not keep_for_backward:
+            keep = Decision(False, "no backward will follow (conv)")
+        elif product.column_bytes == 0:
+            keep = Decision(False, "no columns to keep (an empty batch or no channels)")
+        elif batch_columns > KEEP_COLUMNS_BYTES:
+            keep = Decision(False, (
+                f"the batch's columns ({_bytes(batch_columns)}) exceed the "
+                f"{_bytes(KEEP_COLUMNS_BYTES)} cap: backward rebuilds them per chunk, "
+                "measured faster than reading a large kept matrix back"))
+        elif batch * product.sample_bytes > limit:
+            keep = Decision(False, (
+                f"the batch's forward working set ({_bytes(batch * product.sample_bytes)}) "
+                f"exceeds the workspace limit ({_bytes(limit)})"))
+        else:
+            keep = Decision(True, (
+                f"the batch's columns ({_bytes(batch_columns)}) fit the "
+                f"{_bytes(KEEP_COLUMNS_BYTES)} cap and the workspace limit: backward "
+                "does not rebuild them"))
+        if keep.choice:
+            product = _pass("product", geometry, item, limit, whole_batch=True)
+        forward = Step("forward", Decision("im2col", "y = W·X_col, one GEMM per chunk and group"),
+                       (product,))
+    source = "δ" if transposed else "x"
+    weight_gradient = Step("weight gradient", Decision(
+        "im2col", f"dW = Σ δ·X_colᵀ over the columns of {source}"
+        + (", from the kept columns" if keep.choice else "")),
+        (_pass("weight_gradient", geometry, item, limit),))
+    return ConvPlan(geometry, dtype, transposed, has_bias, method, forward, input_gradient,
+                    weight_gradient, keep, limit)
+
+
+def plan_conv(
+    input_shape: Any,
+    weight_shape: Any,
+    *,
+    bias: bool = True,
+    dtype: DTypeLike = np.float32,
+    method: str = "auto",
+    transposed: bool = False,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+    padding_mode: str = "zeros",
+    output_padding: Any = 0,
+    output_size: Any = None,
+) -> ConvPlan:
+    """Every decision the engine will make for a convolution, with the reason for each.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``x.shape``: (N, C_in, *I) or (C_in, *I).
+    weight_shape : tuple of int
+        (C_out, C_in/G, *K); for ``transposed``, (C_in, C_out/G, *K).
+    bias : bool, optional
+        Whether the call has a bias.
+    dtype : dtype, optional
+        The compute dtype (float32 or float64; integers compute in float64).
+    method : {'auto', 'im2col'}, optional
+        ``'im2col'``: exactly the taught lowering (im2col + GEMM forward,
+        ``X_colᵀ·δ``, ``col2im(δ·Wᵀ)``). ``'auto'``: any route the library has.
+    transposed : bool, optional
+        Plan :func:`im2colbp.conv_transpose` instead of :func:`im2colbp.conv`.
+    stride, padding, dilation, groups, padding_mode
+        As for :func:`im2colbp.conv`.
+    output_padding, output_size
+        As for :func:`im2colbp.conv_transpose` (only with ``transposed``).
+
+    Returns
+    -------
+    ConvPlan
+        Frozen. ``plan.forward``, ``plan.input_gradient`` and
+        ``plan.weight_gradient`` each give a route and its passes (layout,
+        samples per chunk, scratch bytes); ``plan.keep_columns`` whether the
+        forward context keeps the columns; ``str(plan)`` lists every choice
+        with its reason. The plan depends on the workspace limit in force.
+
+    Examples
+    --------
+    >>> import im2colbp as ib
+    >>> plan = ib.plan_conv((8, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    >>> plan.forward.route.choice, plan.input_gradient.route.choice
+    ('im2col', 'transposition')
+    >>> ib.plan_conv((8, 16, 32, 32), (16, 16, 3, 3), padding=1,
+    ...              method="im2col").input_gradient.route.choice
+    'col2im'
+    >>> plan.keep_columns.choice, plan.forward.passes[0].layout.choice
+    (True, 'wide')
+    >>> print(plan)                                         # doctest: +ELLIPSIS
+    conv plan, method='auto', float32: N=8, C_in=16, C_out=16, ...
+      forward          im2col: y = W·X_col, one GEMM per chunk and group
+    ...
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64) if dtype.kind in "biu" else dtype
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a real floating type, got {dtype}")
+    dtype = np.promote_types(dtype, np.float32)
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be True or False, got {bias!r}")
+    bias_shape = None
+    kwargs = geometry_kwargs(stride, padding, dilation, groups, padding_mode)
+    if transposed:
+        geometry = conv_transpose_geometry(input_shape, weight_shape, bias_shape,
+                                           output_padding=output_padding,
+                                           output_size=output_size, **kwargs)
+    else:
+        if not (output_size is None and output_padding == 0):
+            raise ValueError("output_padding and output_size belong to transposed "
+                             "convolutions: pass transposed=True")
+        geometry = conv_geometry(input_shape, weight_shape, bias_shape, **kwargs)
+    return make_plan(geometry, dtype, method=method, transposed=transposed,
+                     has_bias=bool(bias))
