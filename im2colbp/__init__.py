@@ -30,8 +30,8 @@ from .layer import (
     ConvTranspose3d,
 )
 from .lowering import col2im, im2col
-from .plan import ConvPlan, plan_conv
 from .operators import conv_operator, im2col_operator
+from .plan import ConvPlan, plan_conv
 from .transposition import (
     backprop_kernel,
     conv_grad_input_by_transposition,

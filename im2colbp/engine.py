@@ -20,6 +20,7 @@ to prove that a route they ask for is the route that ran).
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -40,7 +41,7 @@ from .wide_lowering import (
     widen,
     zero_garbage,
 )
-from .workspace import chunk_slices, scratch
+from .workspace import chunk_slices, scratch, scratch_scope
 
 __all__ = ["KeptColumns", "record_passes", "product", "weight_gradient", "adjoint"]
 
@@ -158,6 +159,22 @@ class _Columns:
         else:
             widen(transposed, self.layout, out)
 
+    @property
+    def gemm_is_sample_layout(self) -> bool:
+        """No garbage positions: one sample's (F, 1, L_s) GEMM operand is (F, *O) itself."""
+        return self.positions == self.window.out_volume
+
+    def gemm_operand(self, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """``array`` (n, F, *O) as the GEMM's (F, n, L_s): the array itself for one
+        contiguous sample of the right dtype and no garbage positions, else a copy."""
+        n, filters = array.shape[:2]
+        if (n == 1 and self.gemm_is_sample_layout and array.dtype == dtype
+                and array.flags.c_contiguous):
+            return array.reshape(filters, 1, self.positions)
+        out = scratch("gemm", (filters, n, self.positions), dtype)
+        self.to_gemm(array, out)
+        return out
+
     def from_gemm(self, gemm: np.ndarray) -> np.ndarray:
         """View (n, F, *O) of ``gemm`` (F, n, L_s)."""
         if self.layout is None:
@@ -165,6 +182,16 @@ class _Columns:
         else:
             view = narrow(gemm, self.layout)
         return view.swapaxes(0, 1)
+
+
+def _scoped(function):
+    """Run a pass (first argument: its PassPlan) inside a scratch scope sized by its
+    plan (see :func:`~im2colbp.workspace.scratch_scope`)."""
+    @functools.wraps(function)
+    def run(p: PassPlan, *args, **kwargs):
+        with scratch_scope(p.scratch_bytes):
+            return function(p, *args, **kwargs)
+    return run
 
 
 def _all_finite(array: np.ndarray) -> bool:
@@ -187,6 +214,7 @@ def _grouped_weight(p: PassPlan, weight: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 # the three passes
 # --------------------------------------------------------------------------
+@_scoped
 def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
             keep: bool = False, route: str = "im2col",
             out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[KeptColumns]]:
@@ -217,7 +245,12 @@ def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray
         else:
             cols = columns.buffer(n)  # (C_in, prod(K), n, L_s)
         columns.build(source[part], cols)
-        y_gemm = scratch("product", (g.out_channels, n, positions), dtype)
+        if n == 1 and columns.gemm_is_sample_layout and p.fold is None:
+            # one sample, no garbage positions: (C_out, 1, L) is y[i]'s own layout
+            np.matmul(w_groups, cols.reshape(groups, rows_g, positions),
+                      out=y[part].reshape(groups, filters_g, positions))
+            continue
+        y_gemm = scratch("gemm", (g.out_channels, n, positions), dtype)
         np.matmul(w_groups, cols.reshape(groups, rows_g, n * positions),
                   out=y_gemm.reshape(groups, filters_g, n * positions))
         if p.fold is not None:
@@ -232,6 +265,7 @@ def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray
     return y, kept
 
 
+@_scoped
 def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
                     delta: np.ndarray, kept: Optional[KeptColumns] = None) -> np.ndarray:
     """``dW = Σ_n δ · cols(source)ᵀ``: (N, C_in, *I), (N, C_out, *O) -> weight shape.
@@ -241,7 +275,7 @@ def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
     by chunk.
     """
     _note(p, "im2col")
-    g, window = p.geometry, p.geometry.window
+    g = p.geometry
     dw = np.zeros(g.weight_shape, dtype=dtype)
     if _empty(p):
         return dw
@@ -273,8 +307,7 @@ def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
                 columns.build(source[part], cols)
                 if clean:
                     zero_garbage(columns.per_sample_view(cols), columns.layout)
-        delta_gemm = scratch("delta", (g.out_channels, n, positions), dtype)
-        columns.to_gemm(delta[part], delta_gemm)
+        delta_gemm = columns.gemm_operand(delta[part], dtype)
         # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
         np.matmul(delta_gemm.reshape(groups, filters_g, n * positions),
                   cols.reshape(groups, rows_g, n * positions).transpose(0, 2, 1), out=dw_part)
@@ -282,6 +315,7 @@ def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
     return dw
 
 
+@_scoped
 def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
             route: str) -> np.ndarray:
     """``dx = col2im(Wᵀ · δ)``: (N, C_out, *O) -> (N, C_in, *I)."""
@@ -299,8 +333,7 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
     clean = columns.layout is not None and not _all_finite(weight)
     for part in chunk_slices(g.batch, p.samples_per_chunk):
         n = part.stop - part.start
-        delta_gemm = scratch("delta", (g.out_channels, n, positions), dtype)
-        columns.to_gemm(delta[part], delta_gemm)
+        delta_gemm = columns.gemm_operand(delta[part], dtype)
         delta_g = delta_gemm.reshape(groups, filters_g, n * positions)  # (G, F, n·L_s)
         cols = columns.buffer(n)
         cols_g = cols.reshape(groups, rows_g, n * positions)

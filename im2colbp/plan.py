@@ -39,13 +39,13 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .calls import geometry_kwargs
 from .geometry import (
     ConvGeometry,
     WindowGeometry,
     conv_geometry,
     conv_transpose_geometry,
 )
-from .calls import geometry_kwargs
 from .wide_lowering import WideLayout, wide_layout
 from .workspace import get_workspace_limit, samples_per_chunk
 
@@ -74,7 +74,8 @@ PREFERRED_CHUNK_BYTES = 8 * 2**20
 #: measured faster than streaming a large kept matrix back from memory.
 KEEP_COLUMNS_BYTES = 16 * 2**20
 
-_forced: ContextVar[Dict[str, str]] = ContextVar("im2colbp_forced_choices", default={})
+_forced: ContextVar[Tuple[Tuple[str, str], ...]] = ContextVar("im2colbp_forced_choices",
+                                                             default=())
 
 _LAYOUTS = ("plain", "wide")
 _ADJOINT_ROUTES = ("col2im", "transposition")
@@ -98,7 +99,7 @@ def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None) -> It
     ...     print(ib.plan_conv((1, 1, 8, 8), (1, 1, 3, 3)).forward.passes[0].layout.choice)
     plain
     """
-    choices = dict(_forced.get())
+    choices = dict(_forced.get())  # (a tuple: ContextVar defaults must be immutable)
     if layout is not None:
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
@@ -107,7 +108,7 @@ def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None) -> It
         if adjoint not in _ADJOINT_ROUTES:
             raise ValueError(f"adjoint must be one of {_ADJOINT_ROUTES}, got {adjoint!r}")
         choices["adjoint"] = adjoint
-    token = _forced.set(choices)
+    token = _forced.set(tuple(choices.items()))
     try:
         yield
     finally:
@@ -304,7 +305,7 @@ def _check_method(method: Any) -> str:
 
 
 def _layout(window: WindowGeometry) -> Tuple[Decision, Optional[WideLayout]]:
-    forced_layout = _forced.get().get("layout")
+    forced_layout = dict(_forced.get()).get("layout")
     if forced_layout == "plain":
         return Decision("plain", "forced"), None
     if forced_layout == "wide":
@@ -388,7 +389,7 @@ def _adjoint_step(operation: str, geometry: ConvGeometry, method: str, itemsize:
                   limit: int) -> Step:
     window = geometry.window
     backward = _transposition_geometry(geometry)
-    forced_route = _forced.get().get("adjoint")
+    forced_route = dict(_forced.get()).get("adjoint")
     fold = window if window.padding_mode != "zeros" else None
     copied = geometry.out_channels * window.kernel_volume * window.out_volume
     written = geometry.in_channels * window.kernel_volume * window.out_volume

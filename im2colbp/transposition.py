@@ -31,13 +31,8 @@ from typing import Any, Sequence, Tuple
 
 import numpy as np
 
+from .calls import geometry_kwargs, grad_input_call, grad_weight_call
 from .convolution import conv
-from .geometry import (
-    as_float_array,
-    check_array_shape,
-    conv_geometry,
-    result_dtype,
-)
 from .kernels import backprop_kernel, zero_insert
 from .lowering import pad, unpad_add
 
@@ -172,19 +167,12 @@ def conv_grad_input_by_transposition(
     >>> bool(np.allclose(dx, ib.conv_grad_input(dy, w, x.shape, **geometry)))
     True
     """
-    dy = as_float_array(dy, "dy")
-    weight = as_float_array(weight, "weight")
-    geometry = conv_geometry(
-        input_shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, padding_mode=padding_mode,
-    )
-    check_array_shape(dy.shape, geometry.output_shape, "dy",
-                      "the output of the convolution of input_shape")
-    window = geometry.window
-    dtype = result_dtype(dy, weight)
-    dyb = (dy if geometry.batched else dy[None]).astype(dtype, copy=False)  # (N, C_out, *O)
+    call = grad_input_call(dy, weight, input_shape, geometry_kwargs(
+        stride, padding, dilation, groups, padding_mode))
+    geometry, window = call.geometry, call.geometry.window
+    dyb = call.dy.astype(call.dtype, copy=False)  # (N, C_out, *O)
     # (C_in, C_out/G, *K): per group, channels swapped and every spatial axis flipped
-    kernel = backprop_kernel(weight.astype(dtype, copy=False), geometry.groups)
+    kernel = backprop_kernel(call.weight, geometry.groups)
     z = zero_insert(dyb, window.stride)  # (N, C_out, *Z)
 
     if window.padding_mode == "zeros":
@@ -198,7 +186,7 @@ def conv_grad_input_by_transposition(
         dx_padded = conv(z_padded, kernel, stride=1, dilation=window.dilation,
                          groups=geometry.groups)  # (N, C_in, *padded)
         dx = unpad_add(dx_padded, window).copy()  # (N, C_in, *I)
-    return dx if geometry.batched else dx[0]
+    return call.result(dx)
 
 
 def conv_grad_weight_by_correlation(
@@ -277,22 +265,14 @@ def conv_grad_weight_by_correlation(
     >>> bool(np.allclose(dw, ib.conv_grad_weight(dy, x, w_shape, **geometry)))
     True
     """
-    dy = as_float_array(dy, "dy")
-    x = as_float_array(x, "x")
-    geometry = conv_geometry(
-        x.shape, weight_shape, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, padding_mode=padding_mode,
-    )
-    check_array_shape(dy.shape, geometry.output_shape, "dy", "the output of the convolution of x")
-    window = geometry.window
-    dtype = result_dtype(dy, x)
+    call = grad_weight_call(dy, x, weight_shape, geometry_kwargs(
+        stride, padding, dilation, groups, padding_mode))
+    geometry, window = call.geometry, call.geometry.window
     groups, batch = geometry.groups, geometry.batch
     c_group = geometry.in_channels // groups
-    rank = window.rank
-    spatial = tuple(range(3, 3 + rank))
-
-    xb = (x if geometry.batched else x[None]).astype(dtype, copy=False)  # (N, C_in, *I)
-    dyb = (dy if geometry.batched else dy[None]).astype(dtype, copy=False)  # (N, C_out, *O)
+    spatial = tuple(range(3, 3 + window.rank))
+    xb = call.x.astype(call.dtype, copy=False)  # (N, C_in, *I)
+    dyb = call.dy.astype(call.dtype, copy=False)  # (N, C_out, *O)
     reached = tuple(slice(0, p - rem) for p, rem in zip(window.padded_size, window.remainder))
     x_pad = pad(xb, window)[(Ellipsis,) + reached]  # (N, C_in, *(Z + D*(K-1)))
     # batch <-> channel: (N, G, C_in/G, *) -> (C_in/G, G, N, *) -> (C_in/G, G*N, *)

@@ -27,6 +27,7 @@ __all__ = [
     "scratch",
     "release_scratch",
     "retained_scratch_bytes",
+    "scratch_scope",
     "get_workspace_limit",
     "set_workspace_limit",
     "workspace_limit",
@@ -137,11 +138,11 @@ def chunk_slices(batch: int, chunk: int) -> Iterator[slice]:
 # --------------------------------------------------------------------------
 # reusable scratch buffers
 # --------------------------------------------------------------------------
-#: Each thread keeps at most this many bytes of scratch between calls, so that
-#: repeated convolutions do not pay the kernel's page faults for fresh memory
-#: every time. A buffer that would take the total above it is allocated for the
-#: call and freed with it. :func:`retained_scratch_bytes` tells how much is
-#: held; :func:`release_scratch` frees it.
+#: Each thread keeps at most this many bytes of scratch between calls (and never
+#: more than the workspace limit in force), so that repeated convolutions do not
+#: pay the kernel's page faults for fresh memory every time; the rest is freed
+#: when its pass ends. :func:`retained_scratch_bytes` tells how much is held,
+#: :func:`release_scratch` frees it.
 RETAINED_SCRATCH_BYTES = 64 * 2**20
 
 _scratch = threading.local()
@@ -151,11 +152,43 @@ def _buffers() -> Dict[str, np.ndarray]:
     return _scratch.__dict__.setdefault("buffers", {})
 
 
+def _trim(cap: int) -> None:
+    """Drop kept buffers, largest first, until they hold at most ``cap`` bytes."""
+    buffers = _buffers()
+    for name in sorted(buffers, key=lambda key: buffers[key].nbytes, reverse=True):
+        if sum(b.nbytes for b in buffers.values()) <= cap:
+            break
+        del buffers[name]
+
+
+@contextmanager
+def scratch_scope(planned_bytes: int = 0) -> Iterator[None]:
+    """Bound the scratch of one pass, and what stays allocated after it.
+
+    Entering the outermost block drops kept buffers until they and the
+    ``planned_bytes`` the pass will take fit the workspace limit together;
+    inside, buffers are reused freely (one per name, grown as needed); when
+    the outermost block ends, what is kept is trimmed to
+    ``min(RETAINED_SCRATCH_BYTES, workspace limit)`` bytes, largest first.
+    """
+    depth = getattr(_scratch, "depth", 0)
+    if depth == 0:
+        _trim(max(0, get_workspace_limit() - planned_bytes))
+    _scratch.depth = depth + 1
+    try:
+        yield
+    finally:
+        _scratch.depth = depth
+        if depth == 0:
+            _trim(min(RETAINED_SCRATCH_BYTES, get_workspace_limit()))
+
+
 def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
     """A reusable buffer of ``shape`` and ``dtype`` for this thread; contents undefined.
 
     The same ``name`` returns the same memory on the next call, so a caller
-    must never hand a scratch array (or a view of it) to its own caller.
+    must never hand a scratch array (or a view of it) to its own caller. Use
+    it inside :func:`scratch_scope`, which bounds what stays allocated after.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -163,9 +196,9 @@ def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
     buffer = buffers.get(name)
     if buffer is None or buffer.nbytes < nbytes:
         buffers.pop(name, None)
+        del buffer  # free the smaller buffer before allocating its successor
         buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
-        if sum(b.nbytes for b in buffers.values()) + buffer.nbytes <= RETAINED_SCRATCH_BYTES:
-            buffers[name] = buffer
+        buffers[name] = buffer
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 

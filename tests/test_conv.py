@@ -12,8 +12,8 @@ from strategies import PADDING_MODES, assert_close, conv_cases, conv_transpose_c
 import im2colbp as ib
 from im2colbp import reference
 from im2colbp.engine import record_passes
-from im2colbp.plan import forced
 from im2colbp.gradcheck import numerical_gradient
+from im2colbp.plan import forced
 
 
 def _scale(*arrays):
