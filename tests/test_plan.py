@@ -1,0 +1,389 @@
+"""The plan, `method=`, and the memory contract.
+
+- ``method="im2col"`` and ``"auto"`` agree with the direct reference on every
+  geometry hypothesis draws, and the passes that run are the plan's.
+- Extra memory of every call (tracemalloc) stays within the workspace limit, or
+  one sample's working set when that alone is larger — plus the results.
+- Contexts hold forward's values: in-place edits between forward and backward do
+  not change the gradients, whatever the batch size.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from strategies import PADDING_MODES, assert_close, conv_cases, conv_transpose_cases
+
+import im2colbp as ib
+from im2colbp import reference
+from im2colbp.engine import record_passes
+from im2colbp.plan import KEEP_COLUMNS_BYTES, METHODS, forced
+
+MiB = 2**20
+
+
+def _scale(*arrays):
+    return max([1.0] + [float(np.abs(a).max()) for a in arrays if a is not None and a.size])
+
+
+# --------------------------------------------------------------------------
+# every method against the reference, and the plan is what runs
+# --------------------------------------------------------------------------
+@given(conv_cases(dtypes=(np.float64, np.float32)), st.integers(0, 2**32 - 1),
+       st.sampled_from(METHODS))
+def test_every_method_matches_reference(case, seed, method):
+    x, w, b = case.arrays(seed)
+    kw = case.call_kwargs
+    with record_passes() as passes:
+        y, ctx = ib.conv_forward(x, w, b, method=method, **kw)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
+        grads = ib.conv_backward(dy, ctx)
+    plan = ctx.plan
+    assert plan.method == method
+    ran = [route for _, route, _, _ in passes]
+    # forward, then backward's weight gradient and input gradient, by the plan's routes
+    assert ran[0] == "im2col" and ran[1] == "im2col"
+    assert ran[2] in (plan.input_gradient.route.choice, "col2im")  # col2im: inf/nan fallback
+    if method == "im2col":
+        assert set(ran) == {"im2col", "col2im"} and plan.input_gradient.route.choice == "col2im"
+    expected = reference.conv(x, w, b, **kw)
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)
+    dx_ref = reference.conv_grad_input(dy, w, x.shape, **kw)
+    dw_ref = reference.conv_grad_weight(dy, x, w.shape, **kw)
+    assert_close(grads.input, dx_ref, scale=_scale(dx_ref) * w.shape[0])
+    assert_close(grads.weight, dw_ref, scale=_scale(dw_ref) * max(y.size, 1))
+    assert_close(ib.conv_grad_input(dy, w, x.shape, method=method, **kw), dx_ref,
+                 scale=_scale(dx_ref) * w.shape[0])
+    assert_close(ib.conv_grad_weight(dy, x, w.shape, method=method, **kw), dw_ref,
+                 scale=_scale(dw_ref) * max(y.size, 1))
+
+
+@given(conv_transpose_cases(modes=PADDING_MODES), st.integers(0, 2**32 - 1),
+       st.sampled_from(METHODS))
+def test_every_method_matches_reference_transposed(case, seed, method):
+    x, w, b = case.arrays(seed)
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    b = None if b is None else b.astype(np.float64)
+    kw = case.call_kwargs
+    try:
+        expected = reference.conv_transpose(x, w, b, **kw)
+    except ValueError:
+        assume(False)  # e.g. reflect padding larger than the output it reflects
+    y, ctx = ib.conv_transpose_forward(x, w, b, method=method, **kw)
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)
+    rng = np.random.default_rng(seed + 1)
+    dy = rng.standard_normal(y.shape)
+    grads = ib.conv_transpose_backward(dy, ctx)
+    # y is linear in x and in w: <grad, v> = <y(v), δ> for any direction v, with the
+    # reference's forward as the oracle
+    v, u = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+    along_x = float(np.vdot(reference.conv_transpose(v, w, **kw), dy))
+    along_w = float(np.vdot(reference.conv_transpose(x, u, **kw), dy))
+    tol = 1e-9 * (1 + np.abs(dy).sum() * (1 + np.abs(w).max() + np.abs(x).max(initial=0)) * 10)
+    assert abs(float(np.vdot(grads.input, v)) - along_x) <= tol
+    assert abs(float(np.vdot(grads.weight, u)) - along_w) <= tol
+
+
+def test_methods_reach_both_input_gradient_routes():
+    """The teaching-route pair the default picks from is observable: at stride 1 with
+    fewer filters than 2·C_in, auto takes the transposition, im2col never does."""
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 4, 9, 9)), rng.standard_normal((4, 4, 3, 3))
+    y, ctx_auto = ib.conv_forward(x, w, padding=1)
+    _, ctx_taught = ib.conv_forward(x, w, padding=1, method="im2col")
+    dy = rng.standard_normal(y.shape)
+    with record_passes() as auto_passes:
+        dx_auto = ib.conv_backward(dy, ctx_auto).input
+    with record_passes() as taught_passes:
+        dx_taught = ib.conv_backward(dy, ctx_taught).input
+    assert ("product", "transposition") in {(k, r) for k, r, _, _ in auto_passes}
+    assert ("col2im", "col2im") in {(k, r) for k, r, _, _ in taught_passes}
+    assert "transposition" not in {r for _, r, _, _ in taught_passes}
+    np.testing.assert_allclose(dx_auto, dx_taught, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx_auto, reference.conv_grad_input(dy, w, x.shape, padding=1),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: ib.conv(np.ones((1, 1, 4)), np.ones((1, 1, 2)), method=m),
+    lambda m: ib.conv_forward(np.ones((1, 1, 4)), np.ones((1, 1, 2)), method=m),
+    lambda m: ib.conv_grad_input(np.ones((1, 1, 3)), np.ones((1, 1, 2)), (1, 1, 4), method=m),
+    lambda m: ib.conv_grad_weight(np.ones((1, 1, 3)), np.ones((1, 1, 4)), (1, 1, 2), method=m),
+    lambda m: ib.conv_transpose(np.ones((1, 1, 3)), np.ones((1, 1, 2)), method=m),
+    lambda m: ib.conv_transpose_forward(np.ones((1, 1, 3)), np.ones((1, 1, 2)), method=m),
+    lambda m: ib.plan_conv((1, 1, 4), (1, 1, 2), method=m),
+])
+@pytest.mark.parametrize("method", ["fft", "IM2COL", "", None, 3])
+def test_unknown_method_names_the_methods(call, method):
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'im2col'"):
+        call(method)
+
+
+def test_backward_follows_the_forward_plan():
+    """A context made under one workspace limit and method is back-propagated with
+    forward's choices, whatever is in force at backward time."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((6, 3, 10, 10)), rng.standard_normal((2, 3, 3, 3))
+    with ib.workspace_limit(5000):
+        y, ctx = ib.conv_forward(x, w, padding=1, method="im2col")
+    planned_chunk = ctx.plan.weight_gradient.passes[0].samples_per_chunk
+    assert planned_chunk < 6
+    dy = rng.standard_normal(y.shape)
+    with record_passes() as passes:
+        grads = ib.conv_backward(dy, ctx)
+    assert [(kind, route, chunk) for kind, route, _, chunk in passes] == [
+        ("weight_gradient", "im2col", planned_chunk), ("col2im", "col2im", planned_chunk)]
+    np.testing.assert_allclose(grads.weight, reference.conv_grad_weight(dy, x, w.shape,
+                                                                        padding=1), rtol=1e-11)
+
+
+def test_plan_is_frozen_and_lists_every_choice_with_a_reason():
+    plan = ib.plan_conv((4, 8, 16, 16), (8, 8, 3, 3), padding=1, stride=1)
+    with pytest.raises(AttributeError):
+        plan.method = "im2col"
+    text = str(plan)
+    for step in plan.steps:
+        assert step.operation in text and step.route.reason in text
+        for p in step.passes:
+            assert p.layout.reason in text and p.chunk.reason in text
+    assert plan.keep_columns.reason in text
+    assert "workspace limit 256.0 MiB" in text
+
+
+def test_plan_matches_what_runs():
+    """plan_conv's plan is the plan conv_forward makes and stores in its context."""
+    x, w = np.ones((3, 2, 12, 12), np.float32), np.ones((5, 2, 3, 3), np.float32)
+    plan = ib.plan_conv(x.shape, w.shape, padding=2, dilation=2, bias=False)
+    _, ctx = ib.conv_forward(x, w, padding=2, dilation=2)
+    assert str(plan) == str(ctx.plan)
+
+
+def test_transposed_plan_describes_the_transposed_operations():
+    plan = ib.plan_conv((2, 4, 5, 5), (4, 2, 3, 3), transposed=True, stride=2, padding=1,
+                        output_padding=1)
+    assert plan.transposed and plan.geometry.window.in_size == (10, 10)
+    assert plan.forward.route.choice == "col2im"  # stride 2: no transposition route
+    assert plan.input_gradient.passes[0].kind == "product"
+    assert plan.keep_columns.choice is False
+    with pytest.raises(ValueError, match="transposed=True"):
+        ib.plan_conv((2, 4, 5, 5), (4, 4, 3, 3), output_padding=1)
+
+
+@pytest.mark.parametrize("n_bytes, expected", [(KEEP_COLUMNS_BYTES // 2, True),
+                                               (2 * KEEP_COLUMNS_BYTES, False)])
+@pytest.mark.parametrize("batched", [True, False])
+def test_forward_keeps_columns_only_under_the_cap_whatever_n(n_bytes, expected, batched):
+    """N = 1 and unbatched inputs obey the 16 MiB cap like any batch (they did not)."""
+    kernel = 3 * 3
+    side = int((n_bytes / (8 * kernel)) ** 0.5)  # float64 columns of one 1-channel sample
+    shape = (1, 1, side, side) if batched else (1, side, side)
+    _, ctx = ib.conv_forward(np.ones(shape), np.ones((1, 1, 3, 3)), padding=1)
+    assert (ctx.columns is not None) == expected == ctx.plan.keep_columns.choice
+    if expected:
+        assert ctx.columns.cols.nbytes <= KEEP_COLUMNS_BYTES
+
+
+def test_conv_keeps_no_columns():
+    plan_conv = ib.plan_conv((2, 3, 8, 8), (4, 3, 3, 3))
+    assert plan_conv.keep_columns.choice  # conv_forward would keep them ...
+    x, w = np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3))
+    tracemalloc.start()
+    try:
+        ib.release_scratch()
+        base = tracemalloc.get_traced_memory()[0]
+        y = ib.conv(x, w)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # ... conv needs one chunk's scratch (columns + GEMM result + staging), not a kept copy too
+    assert peak - y.nbytes <= plan_conv.forward.passes[0].scratch_bytes + 64 * 1024
+
+
+# --------------------------------------------------------------------------
+# the memory contract
+# --------------------------------------------------------------------------
+def _extra_bytes(function):
+    """(result, peak bytes allocated by ``function`` beyond its results)."""
+    ib.release_scratch()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        result = function()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return result, peak - _nbytes(result)
+
+
+def _nbytes(result) -> int:
+    if isinstance(result, np.ndarray):
+        return result.nbytes
+    if isinstance(result, ib.ConvContext):
+        arrays = [result.x, result.weight, None if result.columns is None else result.columns.cols]
+        return sum(a.nbytes for a in arrays if a is not None)
+    if isinstance(result, tuple):
+        return sum(_nbytes(item) for item in result if item is not None)
+    return 0
+
+
+def _one_sample_bound(plan) -> int:
+    """One sample's working set of the largest pass, independently bounded too."""
+    per_sample = max(p.sample_bytes + p.fixed_bytes for s in plan.steps for p in s.passes)
+    g = plan.geometry
+    item = plan.dtype.itemsize
+    columns = g.in_channels * g.window.kernel_volume * g.window.out_volume * item
+    sizes = (g.in_channels * np.prod(g.window.padded_size) + g.out_channels
+             * g.window.out_volume) * item
+    assert per_sample <= 2 * columns + 4 * sizes + 4 * np.prod(g.weight_shape) * item
+    return per_sample
+
+
+CONTRACT_CASES = {
+    # name: (input shape, weight shape, geometry)
+    "many filters, one channel": ((16, 1, 56, 56), (256, 1, 1, 1), {}),
+    "N = 1": ((1, 32, 40, 40), (32, 32, 3, 3), dict(padding=1)),
+    "unbatched": ((32, 40, 40), (32, 32, 3, 3), dict(padding=1)),
+    "strided": ((16, 16, 31, 31), (32, 16, 3, 3), dict(padding=1, stride=2)),
+    "reflect": ((8, 16, 30, 30), (8, 16, 3, 3), dict(padding=1, padding_mode="reflect")),
+    "circular, dilated": ((6, 8, 20, 20), (8, 8, 3, 3),
+                          dict(padding=3, dilation=2, padding_mode="circular")),
+    "depthwise": ((8, 32, 28, 28), (32, 1, 3, 3), dict(padding=1, groups=32)),
+    "1-D": ((4, 8, 3000), (16, 8, 9), dict(padding=4, stride=2)),
+    "3-D": ((2, 4, 12, 12, 12), (8, 4, 3, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_CASES))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("limit", [MiB, 4 * MiB])
+def test_extra_memory_within_the_limit_or_one_sample(name, method, limit):
+    input_shape, weight_shape, kw = CONTRACT_CASES[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(input_shape).astype(np.float32)
+    w = rng.standard_normal(weight_shape).astype(np.float32)
+    b = np.zeros(weight_shape[0], np.float32)
+    slack = 3 * w.nbytes + 128 * 1024  # weight-sized copies (flipped kernel), small objects
+    with ib.workspace_limit(limit):
+        plan = ib.plan_conv(input_shape, weight_shape, method=method, **kw)
+        bound = max(limit, _one_sample_bound(plan)) + slack
+        y, extra = _extra_bytes(lambda: ib.conv(x, w, b, method=method, **kw))
+        assert extra <= bound, ("conv", extra, bound)
+        (y, ctx), extra = _extra_bytes(lambda: ib.conv_forward(x, w, b, method=method, **kw))
+        assert extra <= bound, ("conv_forward", extra, bound)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads, extra = _extra_bytes(lambda: ib.conv_backward(dy, ctx))
+        assert extra <= bound, ("conv_backward", extra, bound)
+        for label, call in [
+            ("conv_grad_input", lambda: ib.conv_grad_input(dy, w, x.shape, method=method, **kw)),
+            ("conv_grad_weight", lambda: ib.conv_grad_weight(dy, x, w.shape, method=method,
+                                                             **kw)),
+        ]:
+            _, extra = _extra_bytes(call)
+            assert extra <= bound, (label, extra, bound)
+    # an unbounded lowering would hold the whole batch's columns: the bound must be below that
+    if limit == MiB and name in ("strided", "reflect", "1-D"):
+        whole = plan.geometry.batch * plan.forward.passes[0].column_bytes
+        assert bound < whole
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_extra_memory_transposed(method):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 16, 15, 15)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    kw = dict(stride=2, padding=1, output_padding=1)
+    limit = MiB
+    with ib.workspace_limit(limit):
+        plan = ib.plan_conv(x.shape, w.shape, transposed=True, method=method, **kw)
+        bound = max(limit, _one_sample_bound(plan)) + 3 * w.nbytes + 128 * 1024
+        (y, ctx), extra = _extra_bytes(lambda: ib.conv_transpose_forward(x, w, method=method,
+                                                                           **kw))
+        assert extra <= bound
+        dy = np.ones_like(y)
+        grads, extra = _extra_bytes(lambda: ib.conv_transpose_backward(dy, ctx))
+        assert extra <= bound
+    assert plan.geometry.batch * plan.input_gradient.passes[0].column_bytes > bound
+
+
+def test_mixed_dtypes_copy_no_whole_array():
+    """float32 x with a float64 weight computes in float64 without a float64 copy of x."""
+    x = np.ones((64, 4, 32, 32), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float64)
+    with ib.workspace_limit(MiB):
+        plan = ib.plan_conv(x.shape, w.shape, dtype=np.float64, padding=1)
+        y, extra = _extra_bytes(lambda: ib.conv(x, w, padding=1))
+    assert y.dtype == np.float64
+    assert extra <= max(MiB, _one_sample_bound(plan)) + 128 * 1024 < 2 * x.nbytes
+
+
+def test_release_scratch_reports_and_frees():
+    ib.release_scratch()
+    ib.conv(np.ones((4, 3, 16, 16)), np.ones((4, 3, 3, 3)))
+    held = ib.retained_scratch_bytes()
+    assert 0 < held <= min(64 * MiB, ib.get_workspace_limit())
+    assert ib.release_scratch() == held and ib.retained_scratch_bytes() == 0
+    with ib.workspace_limit(4096):
+        ib.conv(np.ones((4, 3, 16, 16)), np.ones((4, 3, 3, 3)))
+        assert ib.retained_scratch_bytes() <= 4096
+
+
+# --------------------------------------------------------------------------
+# contexts hold forward's values
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 2, 64])  # kept columns (small) and rebuilt (large)
+@pytest.mark.parametrize("method", METHODS)
+def test_in_place_edits_after_forward_do_not_change_gradients(batch, method):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((batch, 3, 40, 40))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y, ctx = ib.conv_forward(x, w, padding=1, method=method)
+    dy = rng.standard_normal(y.shape)
+    expected_dw = reference.conv_grad_weight(dy, x, w.shape, padding=1)
+    expected_dx = reference.conv_grad_input(dy, w, x.shape, padding=1)
+    x_before, w_before = x.copy(), w.copy()
+    x *= -7.0
+    w += 100.0
+    grads = ib.conv_backward(dy, ctx)
+    np.testing.assert_allclose(grads.weight, expected_dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.input, expected_dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(x, -7.0 * x_before)  # and the inputs are the caller's
+    np.testing.assert_array_equal(w, w_before + 100.0)
+
+
+def test_in_place_edits_after_transposed_forward_do_not_change_gradients():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((3, 4, 6, 6)), rng.standard_normal((4, 2, 3, 3))
+    y, ctx = ib.conv_transpose_forward(x, w, stride=2)
+    dy = rng.standard_normal(y.shape)
+    expected = ib.conv_transpose_backward(dy, ctx)
+    _, ctx = ib.conv_transpose_forward(x, w, stride=2)
+    x[...] = 0.0
+    w[...] = 0.0
+    got = ib.conv_transpose_backward(dy, ctx)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_with_a_wider_dtype_uses_kept_columns():
+    """A float64 δ on a float32 forward: computed in float64 from the kept columns."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y, ctx = ib.conv_forward(x, w)
+    assert ctx.columns is not None and ctx.x is None
+    dy = rng.standard_normal(y.shape)
+    grads = ib.conv_backward(dy, ctx)
+    assert grads.weight.dtype == grads.input.dtype == np.float64
+    np.testing.assert_allclose(grads.weight, reference.conv_grad_weight(
+        dy, x.astype(np.float64), w.shape), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["plain", "wide"])
+def test_forced_layout_is_planned_and_run(layout):
+    with forced(layout=layout), record_passes() as passes:
+        plan = ib.plan_conv((2, 2, 9, 9), (3, 2, 3, 3))
+        ib.conv(np.ones((2, 2, 9, 9)), np.ones((3, 2, 3, 3)))
+    assert plan.forward.passes[0].layout == ib.plan.Decision(layout, "forced")
+    assert passes[0][2] == layout
