@@ -10,8 +10,10 @@ path so that it stays an independent oracle.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -75,6 +77,52 @@ class ConvCall:
         return unbatched(array, self.geometry)
 
 
+_EXACT_TYPES = (int, str, float, type(None))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable key for an argument that tells apart what parsing tells apart
+    (``True`` from ``1``, ``1.0`` from ``1``); TypeError for anything else."""
+    kind = type(value)
+    if kind in _EXACT_TYPES:
+        return (kind, value)
+    if kind is tuple or kind is list:
+        return (kind, tuple(_frozen(item) for item in value))
+    if kind is dict:
+        return (kind, tuple((k, _frozen(v)) for k, v in value.items()))
+    raise TypeError("not cached")
+
+
+#: How many validated geometries :func:`_geometry` remembers.
+GEOMETRY_CACHE_SIZE = 512
+
+_geometries: OrderedDict[Any, ConvGeometry] = OrderedDict()
+_geometries_lock = threading.Lock()
+
+
+def _geometry(builder: Callable[..., ConvGeometry], *shapes: Any,
+              **kwargs: Any) -> ConvGeometry:
+    """``builder(*shapes, **kwargs)``, remembered for arguments of plain Python types
+    (a layer or a training loop repeats the same call every step). Invalid
+    arguments raise every time: only results are remembered."""
+    try:
+        key = (builder.__name__, _frozen(shapes), _frozen(tuple(kwargs.items())))
+        hash(key)
+    except TypeError:
+        return builder(*shapes, **kwargs)
+    with _geometries_lock:
+        geometry = _geometries.get(key)
+        if geometry is not None:
+            _geometries.move_to_end(key)
+            return geometry
+    geometry = builder(*shapes, **kwargs)
+    with _geometries_lock:
+        _geometries[key] = geometry
+        while len(_geometries) > GEOMETRY_CACHE_SIZE:
+            _geometries.popitem(last=False)
+    return geometry
+
+
 def _contiguous_weight(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(weight, dtype=dtype)
 
@@ -87,10 +135,11 @@ def forward_call(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
     bias_array = None if bias is None else as_float_array(bias, "bias")
     bias_shape = None if bias_array is None else bias_array.shape
     if transposed:
-        geometry = conv_transpose_geometry(x_array.shape, weight_array.shape, bias_shape,
-                                           **kwargs)
+        geometry = _geometry(conv_transpose_geometry, x_array.shape, weight_array.shape,
+                             bias_shape, **kwargs)
     else:
-        geometry = conv_geometry(x_array.shape, weight_array.shape, bias_shape, **kwargs)
+        geometry = _geometry(conv_geometry, x_array.shape, weight_array.shape, bias_shape,
+                             **kwargs)
     dtype = result_dtype(x_array, weight_array, bias_array)
     weight_contiguous = _contiguous_weight(weight_array, dtype)
     return ConvCall(geometry, dtype, batched(x_array, geometry), weight_contiguous, bias_array,
@@ -103,7 +152,7 @@ def grad_input_call(dy: ArrayLike, weight: ArrayLike, input_shape: Any,
     """Set up ``conv_grad_input(dy, weight, input_shape, **kwargs)``."""
     dy_array = as_float_array(dy, "dy")
     weight_array = as_float_array(weight, "weight")
-    geometry = conv_geometry(input_shape, weight_array.shape, **kwargs)
+    geometry = _geometry(conv_geometry, input_shape, weight_array.shape, **kwargs)
     check_array_shape(dy_array.shape, geometry.output_shape, "dy",
                       "the output of the convolution of input_shape")
     dtype = result_dtype(dy_array, weight_array)
@@ -116,7 +165,7 @@ def grad_weight_call(dy: ArrayLike, x: ArrayLike, weight_shape: Any,
     """Set up ``conv_grad_weight(dy, x, weight_shape, **kwargs)``."""
     dy_array = as_float_array(dy, "dy")
     x_array = as_float_array(x, "x")
-    geometry = conv_geometry(x_array.shape, weight_shape, **kwargs)
+    geometry = _geometry(conv_geometry, x_array.shape, weight_shape, **kwargs)
     check_array_shape(dy_array.shape, geometry.output_shape, "dy",
                       "the output of the convolution of x")
     dtype = result_dtype(dy_array, x_array)

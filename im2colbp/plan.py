@@ -30,6 +30,7 @@ than input channels.
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -426,11 +427,26 @@ def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
     """The plan for a validated geometry (the engine's entry; see :func:`plan_conv`).
 
     ``keep_for_backward=False`` plans a forward whose context is not needed
-    (``conv``), so no columns are kept.
+    (``conv``), so no columns are kept. Plans are pure functions of their
+    arguments, the workspace limit and :func:`forced`, so the last
+    ``PLAN_CACHE_SIZE`` are cached: a layer calling with the same shapes every
+    step plans once.
     """
     method = _check_method(method)
-    dtype = np.dtype(dtype)
-    limit = get_workspace_limit()
+    return _cached_plan(geometry, np.dtype(dtype), method, bool(transposed), bool(has_bias),
+                        bool(keep_for_backward), get_workspace_limit(), _forced.get())
+
+
+#: How many plans :func:`make_plan` remembers.
+PLAN_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transposed: bool,
+                 has_bias: bool, keep_for_backward: bool, limit: int,
+                 forced_choices: Tuple[Tuple[str, str], ...]) -> ConvPlan:
+    """make_plan's work; ``forced_choices`` is read again through the ContextVar."""
+    del forced_choices  # part of the cache key only
     item = dtype.itemsize
     if transposed:
         forward = _adjoint_step("forward", geometry, method, item, limit)
