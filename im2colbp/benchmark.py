@@ -57,8 +57,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-__all__ = ["CONFIGS", "CONTENDERS", "Config", "Report", "run_suite", "format_report", "main",
-           "add_arguments", "run"]
+__all__ = ["CONFIGS", "CONTENDERS", "Config", "Report", "run_suite", "format_report",
+           "report_to_json", "format_ms", "simd_level", "main", "add_arguments", "run"]
 
 
 # --------------------------------------------------------------------------
@@ -117,7 +117,13 @@ class Config:
         return 3 * 2 * math.prod(self.output_shape) * per_output
 
     def describe(self) -> str:
-        """E.g. ``N8 C64 56×56 K64 3×3 s1 p1`` (K: filters, then the kernel size)."""
+        """The shapes in words (K: filters, then the kernel size).
+
+        Examples
+        --------
+        >>> CONFIGS["resnet_s2"].describe()
+        'N8 C128 28×28 K256 3×3 s2 p1'
+        """
         parts = [f"N{self.input_shape[0]}", f"C{self.input_shape[1]}",
                  "×".join(map(str, self.input_shape[2:])), f"K{self.weight_shape[0]}",
                  "×".join(map(str, self.weight_shape[2:]))]
@@ -221,7 +227,13 @@ def cpu_model() -> str:
 
 
 def simd_level(flags: Optional[str] = None) -> str:
-    """The widest vector extension in the CPU flags, e.g. ``AVX-512 (avx512f)``."""
+    """The widest vector extension in the CPU flags (``/proc/cpuinfo`` when not given).
+
+    Examples
+    --------
+    >>> simd_level("fpu sse2 avx avx2 fma")
+    'AVX2 (avx2)'
+    """
     present = set((flags if flags is not None else _cpuinfo().get("flags", "")).split())
     for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
                        ("sse4_2", "SSE4.2"), ("sse2", "SSE2"), ("asimd", "NEON (ASIMD)")):
@@ -828,7 +840,13 @@ _LABELS = {"ours": "ours", "im2col": "im2col", "floor": "floor", "torch": "torch
 
 
 def format_ms(value: Optional[float]) -> str:
-    """At least 4 significant digits: 0.05123, 4.512, 45.12, 1234."""
+    """Milliseconds with at least 4 significant digits; ``-`` for no value.
+
+    Examples
+    --------
+    >>> format_ms(0.0512345), format_ms(45.1234), format_ms(1234.4), format_ms(None)
+    ('0.05123', '45.12', '1234', '-')
+    """
     if value is None:
         return "-"
     decimals = max(0, 3 - math.floor(math.log10(value))) if value > 0 else 2
@@ -872,16 +890,19 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 
 def _summary(report: Report) -> List[str]:
+    """Geometric mean and worst configuration of each ratio (floor ratios: GEMM-bound only)."""
     lines = []
     for numerator, denominator, gemm_only in (("ours", "torch", False), ("ours", "jax", False),
                                               ("ours", "floor", True), ("im2col", "floor", True)):
-        values = [r.ratio(numerator, denominator) for r in report.results
+        values = [(r.ratio(numerator, denominator), r.name) for r in report.results
                   if r.config.gemm_bound or not gemm_only]
-        values = [v for v in values if v is not None]
+        values = [(v, name) for v, name in values if v is not None]
         if values:
             where = "GEMM-bound configurations" if gemm_only else "configurations"
-            lines.append(f"geometric mean {numerator}/{denominator}: "
-                         f"{geometric_mean(values):.2f} over {len(values)} {where}")
+            worst, name = max(values)
+            lines.append(f"{numerator}/{denominator}: geometric mean "
+                         f"{geometric_mean([v for v, _ in values]):.2f} over {len(values)} "
+                         f"{where}, largest {worst:.2f} ({name})")
     return lines
 
 
@@ -945,6 +966,10 @@ def _notes(report: Report) -> List[str]:
     return lines
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def format_report(report: Report, markdown: bool = False) -> str:
     """The header, the table, its summary and legend: plain text or Markdown."""
     columns = _columns(report)
@@ -952,8 +977,9 @@ def format_report(report: Report, markdown: bool = False) -> str:
     headers = [name for name, _ in columns]
     settings = report.settings
     header = dict(report.machine)
-    header["run"] = (f"{settings['dtype']}, forward + backward, {settings['rounds']} rounds of "
-                     f"{settings['repeats']} timed calls, {settings['seconds']} s")
+    header["run"] = (f"{settings['dtype']}, forward + backward, "
+                     f"{_plural(settings['rounds'], 'round')} of "
+                     f"{_plural(settings['repeats'], 'timed call')} each, {settings['seconds']} s")
     out: List[str] = []
     if markdown:
         out += [f"- **{key}**: {value}" for key, value in header.items()]

@@ -18,6 +18,7 @@ from im2colbp import benchmark as bm
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
 
 TINY = {"tiny": bm.Config((2, 2, 8, 8), (3, 2, 3, 3), dict(stride=1, padding=1)),
         "tiny_s2": bm.Config((1, 4, 9, 9), (4, 2, 3, 3), dict(stride=2, padding=1, groups=2),
@@ -121,8 +122,11 @@ def test_im2col_contender_is_gated_on_the_method_keyword(report):
 
 
 def test_threads_are_pinned_in_the_workers(report):
-    assert "1 threads" in report.machine["BLAS (ours process)"]
-    assert "2 threads" not in report.machine["BLAS (ours process)"]
+    if HAS_THREADPOOLCTL:  # it reports the BLAS pool; without it the header says so
+        assert "1 threads" in report.machine["BLAS (ours process)"]
+        assert "2 threads" not in report.machine["BLAS (ours process)"]
+    else:
+        assert "threadpoolctl not installed" in report.machine["BLAS (ours process)"]
     if HAS_TORCH:
         assert report.machine["PyTorch"].endswith(", 1 threads")
     if HAS_JAX:
@@ -141,7 +145,7 @@ def test_text_report_header_has_no_reprs(report):
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         assert header[name] == os.environ.get(name, "unset")
     assert header["NumPy"] == np.__version__
-    assert "float32" in header["run"] and "2 rounds" in header["run"]
+    assert "float32" in header["run"] and "2 rounds of 1 timed call each" in header["run"]
 
 
 def test_text_report_ratios_follow_the_printed_medians(report):
@@ -194,7 +198,8 @@ def test_peak_memory_sees_the_results_of_one_call():
     config = {"big": bm.Config((1, 1, 2048, 1024), (1, 1, 1, 1))}
     result = bm.run_suite(config, rounds=1, repeats=1, contenders=["ours"], threads=1,
                           peak_size=256).results[0]
-    assert result.memory["ours"]["how"] == "VmHWM after clear_refs"
+    if os.access("/proc/self/clear_refs", os.W_OK):
+        assert result.memory["ours"]["how"] == "VmHWM after clear_refs"
     assert 15.5 <= result.memory_mib("ours") < 200
 
 
