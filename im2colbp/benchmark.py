@@ -941,9 +941,10 @@ def _legend(report: Report, headers: Sequence[str]) -> List[str]:
         else:  # pragma: no cover - every column is listed above
             raise RuntimeError(f"column {header} has no legend")
         lines.append(f"{header}: {text}.")
-    lines.append(f"times: forward + backward in ms, the median over {settings['rounds']} rounds "
-                 f"of each round's median of {settings['repeats']} calls (after one untimed "
-                 "call); every contender in its own process, one at a time, rounds alternated.")
+    lines.append(f"times: forward + backward in ms, the median over "
+                 f"{_plural(settings['rounds'], 'round')} of each round's median of "
+                 f"{_plural(settings['repeats'], 'call')} (after one untimed call); every "
+                 "contender in its own process, one at a time, rounds alternated.")
     if any(header.startswith("MiB ") for header in headers):
         lines.append("memory: the rise of the peak resident set (VmHWM) during one forward + "
                      "backward above the resident set just before it (inputs built, library "
