@@ -1156,7 +1156,11 @@ def run(args: argparse.Namespace) -> int:
     except WorkerError as error:  # the ours worker could not start or answer
         print(f"bench: error: {error}", file=sys.stderr)
         return 1
-    print(format_report(report, markdown=args.markdown))
+    try:
+        print(format_report(report, markdown=args.markdown), flush=True)
+    except BrokenPipeError:  # e.g. `| head`: the reader has what it wanted; not a failure
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report_to_json(report), handle, indent=2)
