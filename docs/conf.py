@@ -57,7 +57,7 @@ html_css_files = ["wrap.css"]  # long code lines wrap instead of being cut
 html_title = "im2colbp"
 html_theme_options = {
     "description": "N-d convolution lowered to im2col + GEMM, with every gradient",
-    "page_width": "1100px",
+    "page_width": "1240px",  # a 100-character code line fits beside the sidebar at 1280 px
 }
 
 

@@ -135,7 +135,7 @@ def test_first_screen_answers_the_four_questions():
     for needle in ("Your four questions", "**channels**", "**filters**", "**stride**",
                    "**bias**", r"\delta^{\ell-1}", "f'", "m',n'",
                    r"Y = X_\text{col}\cdot W", r"dW = X_\text{col}^\top\cdot\delta",
-                   r"\operatorname{col2im}(\delta\cdot W^\top)", "y = W·cols + b",
+                   r"\text{col2im}(\delta\cdot W^\top)", "y = W·cols + b",
                    "zero-insert", "pad", "swap channels", "rotate"):
         assert needle in first_screen, f"the first screen of index.md lacks {needle!r}"
     for step in ("step-1-channels", "step-2-filters", "step-3-bias",
