@@ -204,3 +204,13 @@ def test_refusals_are_value_errors(call, message):
 def test_bias_must_be_a_bool():
     with pytest.raises(TypeError, match="bias"):
         explorer_data((1, 1, 4), (1, 1, 2), bias=np.ones(1))
+
+
+def test_committed_example_page_is_current():
+    """docs/_static/explorer-example.html is what scripts/make_figures.py writes today."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "_static" / "explorer-example.html"
+    expected = explorer_html((1, 3, 5, 5), (2, 3, 3, 3), stride=2, padding=1)
+    assert page.read_text(encoding="utf-8") == expected, (
+        "docs/_static/explorer-example.html is stale: run python scripts/make_figures.py")
