@@ -38,7 +38,7 @@ from .lowering import im2col, pad
 
 __all__ = ["explorer_data", "explorer_html", "write_explorer", "MAX_CELLS"]
 
-MAX_CELLS = 3000  # cells of all grids together; larger pages are refused
+MAX_CELLS = 6000  # cells of all grids together (a page of about 5 MB); larger ones are refused
 PASSES = ("forward", "input gradient", "weight gradient")
 
 # an operation of a pass: (inputs, output), cells given as global ids
@@ -57,13 +57,11 @@ def _geometry(input_shape, weight_shape, bias, stride, padding, dilation, groups
     weight_shape = tuple(weight_shape)
     bias_shape = None
     if transposed:
-        if bias and len(weight_shape) >= 2:
-            bias_shape = (weight_shape[1] * (groups if isinstance(groups, int) else 1),)
+        # the bias is drawn with the output's C_out = weight.shape[1]·G: no shape to check
         geometry = conv_transpose_geometry(
             input_shape, weight_shape, None, stride=stride, padding=padding,
             output_padding=output_padding, dilation=dilation, groups=groups,
             output_size=output_size, padding_mode=padding_mode)
-        del bias_shape  # the transposed bias has C_out = weight.shape[1]*G: nothing to check
     else:
         if not (isinstance(output_padding, int) and output_padding == 0) or output_size is not None:
             raise ValueError(
@@ -93,18 +91,18 @@ def _sources(geometry: ConvGeometry) -> Tuple[np.ndarray, np.ndarray]:
     window = geometry.window
     shape = (1, geometry.in_channels) + window.in_size
     numbers = np.arange(1, math.prod(shape) + 1, dtype=np.float64).reshape(shape)
-    inside = np.ones(shape)
     if window.padding_mode == "zeros":
+        inside = np.ones(shape)
         options = dict(stride=window.stride, padding=window.padding, dilation=window.dilation)
         source = im2col(numbers, window.kernel_size, **options)[0]
         border = im2col(inside, window.kernel_size, **options)[0] == 0
     else:
         options = dict(stride=window.stride, dilation=window.dilation)
         source = im2col(pad(numbers, window), window.kernel_size, **options)[0]
-        zeros = np.zeros(window.padded_size)
-        zeros[tuple(slice(b, b + i) for i, (b, _) in zip(window.in_size, window.padding))] = 1
-        border = im2col(np.broadcast_to(zeros, (1, 1) + zeros.shape),
-                        window.kernel_size, **options)[0] == 0
+        interior = np.zeros((1, 1) + window.padded_size)  # 1 on the real samples, 0 on the border
+        interior[(0, 0) + tuple(slice(b, b + i) for i, (b, _) in zip(window.in_size,
+                                                                  window.padding))] = 1
+        border = im2col(interior, window.kernel_size, **options)[0] == 0
         border = np.tile(border, (geometry.in_channels, 1))
     return source.astype(np.int64) - 1, border
 
