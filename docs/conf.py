@@ -7,7 +7,10 @@ Build (offline; warnings are errors)::
 Every code block in the pages is a doctest, run by pytest
 (``--doctest-glob='*.md'``). Figures in ``_static/`` are drawn by
 ``scripts/make_figures.py``. Nothing here touches the network: no
-intersphinx, and MathJax is only loaded by the browser.
+intersphinx, and the pages need none either: MathJax is served from the
+site itself (``sphinx-mathjax-offline`` copies its vendored MathJax 3 into
+``_static/mathjax``), so formulas render on a machine with no network.
+Folded answers use ``sphinx-design``'s ``{dropdown}``.
 """
 
 import os
@@ -25,6 +28,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # sets mathjax_path to the vendored copy: no CDN
+    "sphinx_design",
 ]
 
 source_suffix = {".md": "markdown"}
@@ -33,7 +38,7 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 # MyST: $...$ and $$...$$ maths, amsmath environments, definition lists,
 # anchors for ## and ### headings.
-myst_enable_extensions = ["dollarmath", "amsmath", "deflist"]
+myst_enable_extensions = ["dollarmath", "amsmath", "deflist", "colon_fence"]
 myst_heading_anchors = 3
 
 # numpydoc-style docstrings through napoleon; types stay verbatim.
@@ -48,10 +53,11 @@ autodoc_default_options = {"show-inheritance": False}
 
 html_theme = "alabaster"
 html_static_path = ["_static"]
+html_css_files = ["wrap.css"]  # long code lines wrap instead of being cut
 html_title = "im2colbp"
 html_theme_options = {
     "description": "N-d convolution lowered to im2col + GEMM, with every gradient",
-    "page_width": "1100px",
+    "page_width": "1240px",  # a 100-character code line fits beside the sidebar at 1280 px
 }
 
 
