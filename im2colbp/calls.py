@@ -27,8 +27,8 @@ from .geometry import (
     result_dtype,
 )
 
-__all__ = ["ConvCall", "geometry_kwargs", "forward_call", "grad_input_call",
-           "grad_weight_call", "batched", "unbatched", "is_private"]
+__all__ = ["ForwardCall", "GradInputCall", "GradWeightCall", "geometry_kwargs", "forward_call",
+           "grad_input_call", "grad_weight_call", "batched", "unbatched", "is_private"]
 
 
 def geometry_kwargs(stride: Any, padding: Any, dilation: Any, groups: Any,
@@ -54,8 +54,17 @@ def is_private(converted: np.ndarray, given: Any) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class ConvCall:
-    """A validated call: the geometry, the compute dtype and the arrays, batched.
+class _Call:
+    geometry: ConvGeometry
+    dtype: np.dtype
+
+    def result(self, array: np.ndarray) -> np.ndarray:
+        return unbatched(array, self.geometry)
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardCall(_Call):
+    """A validated forward call: geometry, compute dtype and arrays, batched.
 
     Arrays keep their own floating dtype (the engine casts chunk by chunk, so
     a mixed-dtype call copies no whole array); ``weight`` is already contiguous
@@ -64,17 +73,27 @@ class ConvCall:
     broadcast view).
     """
 
-    geometry: ConvGeometry
-    dtype: np.dtype
-    x: Optional[np.ndarray] = None  # (N, C_in, *I), or δ of a transposed convolution
-    weight: Optional[np.ndarray] = None
-    bias: Optional[np.ndarray] = None
-    dy: Optional[np.ndarray] = None  # (N, C_out, *O)
-    x_private: bool = False  # x is a conversion's own copy
-    weight_private: bool = False  # likewise the weight
+    x: np.ndarray  # (N, C_in, *I); for a transposed convolution its input (N, C_out, *O)
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    x_private: bool  # x is a conversion's own copy
+    weight_private: bool  # likewise the weight
 
-    def result(self, array: np.ndarray) -> np.ndarray:
-        return unbatched(array, self.geometry)
+
+@dataclass(frozen=True, eq=False)
+class GradInputCall(_Call):
+    """A validated ``conv_grad_input`` call (arrays batched, weight contiguous)."""
+
+    weight: np.ndarray
+    dy: np.ndarray  # (N, C_out, *O)
+
+
+@dataclass(frozen=True, eq=False)
+class GradWeightCall(_Call):
+    """A validated ``conv_grad_weight`` call (arrays batched)."""
+
+    x: np.ndarray  # (N, C_in, *I)
+    dy: np.ndarray  # (N, C_out, *O)
 
 
 _EXACT_TYPES = (int, str, float, type(None))
@@ -128,7 +147,7 @@ def _contiguous_weight(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def forward_call(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
-                 kwargs: Dict[str, Any], *, transposed: bool = False) -> ConvCall:
+                 kwargs: Dict[str, Any], *, transposed: bool = False) -> ForwardCall:
     """Set up ``conv(x, weight, bias, **kwargs)`` (or ``conv_transpose``)."""
     x_array = as_float_array(x, "x")
     weight_array = as_float_array(weight, "weight")
@@ -142,13 +161,13 @@ def forward_call(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
                              **kwargs)
     dtype = result_dtype(x_array, weight_array, bias_array)
     weight_contiguous = _contiguous_weight(weight_array, dtype)
-    return ConvCall(geometry, dtype, batched(x_array, geometry), weight_contiguous, bias_array,
-                    x_private=is_private(x_array, x),
-                    weight_private=is_private(weight_contiguous, weight))
+    return ForwardCall(geometry, dtype, batched(x_array, geometry), weight_contiguous,
+                       bias_array, x_private=is_private(x_array, x),
+                       weight_private=is_private(weight_contiguous, weight))
 
 
 def grad_input_call(dy: ArrayLike, weight: ArrayLike, input_shape: Any,
-                    kwargs: Dict[str, Any]) -> ConvCall:
+                    kwargs: Dict[str, Any]) -> GradInputCall:
     """Set up ``conv_grad_input(dy, weight, input_shape, **kwargs)``."""
     dy_array = as_float_array(dy, "dy")
     weight_array = as_float_array(weight, "weight")
@@ -156,12 +175,12 @@ def grad_input_call(dy: ArrayLike, weight: ArrayLike, input_shape: Any,
     check_array_shape(dy_array.shape, geometry.output_shape, "dy",
                       "the output of the convolution of input_shape")
     dtype = result_dtype(dy_array, weight_array)
-    return ConvCall(geometry, dtype, weight=_contiguous_weight(weight_array, dtype),
-                    dy=batched(dy_array, geometry))
+    return GradInputCall(geometry, dtype, weight=_contiguous_weight(weight_array, dtype),
+                         dy=batched(dy_array, geometry))
 
 
 def grad_weight_call(dy: ArrayLike, x: ArrayLike, weight_shape: Any,
-                     kwargs: Dict[str, Any]) -> ConvCall:
+                     kwargs: Dict[str, Any]) -> GradWeightCall:
     """Set up ``conv_grad_weight(dy, x, weight_shape, **kwargs)``."""
     dy_array = as_float_array(dy, "dy")
     x_array = as_float_array(x, "x")
@@ -169,5 +188,6 @@ def grad_weight_call(dy: ArrayLike, x: ArrayLike, weight_shape: Any,
     check_array_shape(dy_array.shape, geometry.output_shape, "dy",
                       "the output of the convolution of x")
     dtype = result_dtype(dy_array, x_array)
-    return ConvCall(geometry, dtype, x=batched(x_array, geometry), dy=batched(dy_array, geometry))
+    return GradWeightCall(geometry, dtype, x=batched(x_array, geometry),
+                          dy=batched(dy_array, geometry))
 

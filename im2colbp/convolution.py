@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import engine
-from .calls import ConvCall, forward_call, geometry_kwargs, grad_input_call, grad_weight_call
+from .calls import ForwardCall, forward_call, geometry_kwargs, grad_input_call, grad_weight_call
 from .calls import batched as _batched
 from .calls import unbatched as _unbatched
 from .geometry import (
@@ -114,8 +114,7 @@ class ConvContext:
         return self.plan.transposed
 
 
-def _snapshot(call: ConvCall, given_weight: Any, keep_x: bool) -> Tuple[Optional[np.ndarray],
-                                                                          np.ndarray]:
+def _snapshot(call: ForwardCall, keep_x: bool) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """Private copies of x (when backward needs it) and of the weight, for the context."""
     x = None
     if keep_x:
@@ -204,7 +203,7 @@ def conv_forward(
     keep = bool(plan.keep_columns.choice)
     y, kept = engine.product(plan.forward.passes[0], plan.dtype, call.x, call.weight, keep=keep)
     _add_bias(y, call.bias)
-    saved_x, saved_weight = _snapshot(call, weight, keep_x=kept is None)
+    saved_x, saved_weight = _snapshot(call, keep_x=kept is None)
     ctx = ConvContext(plan, saved_x, saved_weight, kept)
     return call.result(y), ctx
 
@@ -488,7 +487,7 @@ def conv_transpose_forward(
                      has_bias=bias is not None)
     y = engine.adjoint(plan.forward, plan.dtype, call.weight, call.x)
     _add_bias(y, call.bias)
-    saved_x, saved_weight = _snapshot(call, weight, keep_x=True)
+    saved_x, saved_weight = _snapshot(call, keep_x=True)
     return call.result(y), ConvContext(plan, saved_x, saved_weight)
 
 

@@ -147,9 +147,14 @@ class _Columns:
         dx[...] = unpad_add(grad_padded, self.window)
 
     def _extended(self, n: int) -> Optional[np.ndarray]:
-        if math.prod(self.window.stride) == 1:
+        if self.layout is None or math.prod(self.window.stride) == 1:
             return None
         return scratch("extended", (n, self.channels) + self.layout.extended_size, self.dtype)
+
+    def zero_garbage(self, cols: np.ndarray) -> None:
+        """Zero the wide layout's garbage positions of ``cols`` (C_in, prod(K), n, L_s)."""
+        if self.layout is not None:
+            zero_garbage(self.per_sample_view(cols), self.layout)
 
     def to_gemm(self, array: np.ndarray, out: np.ndarray) -> None:
         """``array`` (n, F, *O) into ``out`` (F, n, L_s), zero at wide-only positions."""
@@ -261,7 +266,7 @@ def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray
             y[part] = columns.from_gemm(y_gemm)
     if kept is not None and kept.wide and not _all_finite(source):
         # garbage positions read real samples: keep inf/nan out of the other taps' dW
-        zero_garbage(columns.per_sample_view(kept.cols), columns.layout)
+        columns.zero_garbage(kept.cols)
     return y, kept
 
 
@@ -294,19 +299,22 @@ def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
         chunk = g.batch
     # The wide layout's garbage positions meet δ = 0: exact zeros unless the
     # source holds inf/nan, so zero them explicitly then.
-    clean = columns.layout is not None and kept is None and not _all_finite(source)
+    if kept is None and source is None:
+        raise RuntimeError("the weight gradient needs the source or the kept columns")
+    clean = (columns.layout is not None and source is not None and kept is None
+             and not _all_finite(source))
     for part in chunk_slices(g.batch, chunk):
         n = part.stop - part.start
-        if use_kept_as_is:
+        if kept is not None and use_kept_as_is:
             cols = kept.cols
         else:
             cols = columns.buffer(n)
             if kept is not None:
                 cols[...] = kept.cols[:, :, part]
-            else:
+            elif source is not None:
                 columns.build(source[part], cols)
                 if clean:
-                    zero_garbage(columns.per_sample_view(cols), columns.layout)
+                    columns.zero_garbage(cols)
         delta_gemm = columns.gemm_operand(delta[part], dtype)
         # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
         np.matmul(delta_gemm.reshape(groups, filters_g, n * positions),
@@ -344,7 +352,7 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
         else:
             np.matmul(w_groups_t, delta_g, out=cols_g)  # (G, R, n·L_s): dx's columns
         if clean:
-            zero_garbage(columns.per_sample_view(cols), columns.layout)
+            columns.zero_garbage(cols)
         columns.scatter(cols, dx[part])
     return dx
 
@@ -362,10 +370,13 @@ def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) 
         return _col2im(step.passes[0], dtype, weight, delta, route)
     if route != "transposition":
         raise RuntimeError(f"unknown input-gradient route {route!r}")
+    fallback = step.fallback
+    if fallback is None:
+        raise RuntimeError("the transposition route needs its col2im fallback")
     if not _all_finite(weight):  # inf·(padded zero) would be nan; col2im never forms it
-        return _col2im(step.fallback, dtype, weight, delta, "col2im")
+        return _col2im(fallback, dtype, weight, delta, "col2im")
     p = step.passes[0]
-    forward = step.fallback.geometry  # the convolution whose input gradient this is
+    forward = fallback.geometry  # the convolution whose input gradient this is
     kernel = backprop_kernel(weight, forward.groups)  # (C_in, C_out/G, *K), flipped
     out = np.empty((forward.batch, forward.in_channels) + forward.window.in_size, dtype)
     dx, _ = product(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype), out=out,

@@ -415,7 +415,7 @@ def _adjoint_step(operation: str, geometry: ConvGeometry, method: str, itemsize:
             f"{backward.window.padding} with the channel-swapped, flipped kernel; it copies "
             f"{copied} entries of δ instead of writing and scatter-adding {written}" + fallback))
     col2im = _pass("col2im", geometry, itemsize, limit)
-    if route.choice == "transposition":
+    if route.choice == "transposition" and backward is not None:
         return Step(operation, route, (_pass("product", backward, itemsize, limit, fold=fold),),
                     fallback=col2im)
     return Step(operation, route, (col2im,))

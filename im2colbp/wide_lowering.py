@@ -150,7 +150,8 @@ def split_phases_into(x: np.ndarray, layout: WideLayout, rows: np.ndarray,
     rows[:, :, math.prod(layout.phases) * layout.plane:] = 0
 
 
-def merge_phases(rows: np.ndarray, layout: WideLayout, extended: np.ndarray) -> np.ndarray:
+def merge_phases(rows: np.ndarray, layout: WideLayout,
+                 extended: Optional[np.ndarray]) -> np.ndarray:
     """Inverse of :func:`split_phases_into` for gradients: returns the (n, C, *I)
     input gradient (a view into ``extended`` or ``rows`` scratch; copy it out)."""
     window = layout.window
