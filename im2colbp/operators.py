@@ -349,6 +349,8 @@ def conv_operator(
     )
     window = geometry.window
     batch, groups = geometry.batch, geometry.groups
+    if geometry.in_channels == geometry.out_channels == 0:
+        groups = 1  # no channels: any G divides them, and every group is empty
     c_in, c_out = geometry.in_channels, geometry.out_channels
     c_group, f_group = c_in // groups, c_out // groups
     in_volume, out_volume = math.prod(window.in_size), window.out_volume

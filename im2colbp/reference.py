@@ -137,6 +137,12 @@ def _group_slices(geometry: ConvGeometry, group: int) -> Tuple[slice, slice]:
     )
 
 
+def _group_count(geometry: ConvGeometry) -> int:
+    """The groups that hold any channel: all G, or none when there are no channels
+    (then any G divides them; 10**20 groups of nothing are no work)."""
+    return geometry.groups if geometry.in_channels or geometry.out_channels else 0
+
+
 def _batched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """View an unbatched ``(C, *size)`` array as a batch of one."""
     return array if geometry.batched else array[np.newaxis]
@@ -159,7 +165,7 @@ def _input_gradient(dy: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np
     for position in np.ndindex(*window.out_size):
         field = dx_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: a view (N, C_in, *K) into dx_padded, so += accumulates in place
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             w_group = w[outs].reshape(w[outs].shape[:2] + (kernel_volume,))  # (C_out/G, C_in/G, ∏K)
             dy_here = dy[(slice(None), outs) + position]  # (N, C_out/G)
@@ -272,7 +278,7 @@ def conv(
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K), the samples output `position` reads
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             w_group = w[outs].reshape(w[outs].shape[:2] + (kernel_volume,))  # (C_out/G, C_in/G, ∏K)
@@ -425,7 +431,7 @@ def conv_grad_weight(
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K)
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             dy_here = dy[(slice(None), outs) + position]  # (N, C_out/G)
@@ -575,7 +581,7 @@ def conv_transpose(
             target = tuple(
                 i_a * s + k_a * d for i_a, k_a, s, d in zip(i, k, window.stride, window.dilation)
             )
-            for group in range(geometry.groups):
+            for group in range(_group_count(geometry)):
                 ins = slice(group * c_in, (group + 1) * c_in)
                 outs = slice(group * c_out, (group + 1) * c_out)
                 x_here = x[(slice(None), ins) + i]  # (N, C_in/G)
