@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .memory import check_allocation
+
 __all__ = [
     "PADDING_MODES",
     "WindowGeometry",
@@ -32,6 +34,11 @@ __all__ = [
     "conv_transpose_geometry",
     "as_float_array",
     "result_dtype",
+    "parse_wrt",
+    "size_culprit",
+    "MAX_ELEMENTS",
+    "MAX_ARRAY_DIMS",
+    "MAX_RANK",
 ]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -44,6 +51,29 @@ NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge
 #: or the columns of one sample). 2**37 float64 elements is one TiB: anything
 #: larger is certainly a mistake and is refused before allocation.
 MAX_ELEMENTS = 2**37
+
+
+def _max_array_dims() -> int:
+    """The most dimensions a NumPy array may have (64 on NumPy 2, 32 on NumPy 1),
+    found by asking NumPy for a one-element array of each candidate rank."""
+    for dims in (64, 32):
+        try:
+            np.empty((1,) * dims, dtype=np.uint8)
+        except ValueError:
+            continue
+        return dims
+    return 32  # pragma: no cover
+
+
+#: NumPy's limit on the number of dimensions of an array.
+MAX_ARRAY_DIMS = _max_array_dims()
+
+#: Largest spatial rank r: the widest array of the engine, the columns
+#: (N, C, *K, *O), has 2 + 2r dimensions, which must not exceed MAX_ARRAY_DIMS.
+MAX_RANK = (MAX_ARRAY_DIMS - 2) // 2
+
+#: Names of the gradients ``wrt`` may ask for, in ConvGrads order.
+WRT_NAMES = ("input", "weight", "bias")
 
 IntOrTuple = Union[int, Sequence[int]]
 Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
@@ -170,12 +200,44 @@ def parse_padding_mode(padding_mode: Any) -> str:
     return padding_mode
 
 
-def _check_elements(count: int, what: str) -> None:
+def _check_elements(count: int, what: str, argument: str) -> None:
+    """Refuse an array of more than MAX_ELEMENTS elements, naming the argument to blame."""
     if count > MAX_ELEMENTS:
         raise ValueError(
-            f"{what} would need {count:.3g} elements (more than {MAX_ELEMENTS:.3g}, a TiB "
-            "in float64); refusing to allocate it — check the sizes and padding"
+            f"{what} would need {count:.3g} elements (more than 2**37 = {MAX_ELEMENTS:.3g}, "
+            f"a TiB in float64); refusing to allocate it — {argument} makes it this large"
         )
+
+
+def parse_wrt(wrt: Any) -> Tuple[bool, bool, bool]:
+    """``(input, weight, bias)`` flags of the gradients ``wrt`` asks for.
+
+    ``wrt`` is one name or an iterable of names drawn from
+    ``('input', 'weight', 'bias')``; anything else is refused with a
+    ``TypeError`` (not iterable) or ``ValueError`` (an entry that is not one of
+    the names, e.g. an array).
+
+    Examples
+    --------
+    >>> from im2colbp.geometry import parse_wrt
+    >>> parse_wrt("weight"), parse_wrt(["bias", "input"]), parse_wrt(())
+    ((False, True, False), (True, False, True), (False, False, False))
+    """
+    if isinstance(wrt, str):
+        wrt = (wrt,)
+    if isinstance(wrt, np.ndarray) and wrt.ndim == 0:
+        wrt = (wrt[()],)
+    try:
+        names = tuple(wrt)
+    except TypeError:
+        raise TypeError(
+            f"wrt must be a name or a tuple drawn from {WRT_NAMES}, got {wrt!r} of type "
+            f"{type(wrt).__name__}"
+        ) from None
+    for name in names:
+        if not isinstance(name, str) or name not in WRT_NAMES:
+            raise ValueError(f"wrt entries must be in {WRT_NAMES}, got {name!r}")
+    return tuple(name in names for name in WRT_NAMES)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------
@@ -316,6 +378,7 @@ def window_geometry(
     rank = len(in_size)
     if rank < 1:
         raise ValueError("convolution needs at least one spatial axis (rank r >= 1)")
+    _check_rank(rank)
     for axis, size in enumerate(in_size):
         if size < 1:
             raise ValueError(
@@ -330,8 +393,9 @@ def window_geometry(
     if pairs == "same":
         pairs = _same_padding(in_size, kernel, stride, dilation)
     padded = tuple(i + b + a for i, (b, a) in zip(in_size, pairs))
-    _check_elements(math.prod(padded), f"the padded input of spatial size {padded}")
-    _check_elements(math.prod(kernel), f"a kernel of size {kernel}")
+    _check_elements(math.prod(kernel), f"a kernel of size {kernel}", "kernel_size")
+    _check_elements(math.prod(padded), f"the padded input of spatial size {padded}",
+                    _padded_culprit(in_size, pairs, kernel, stride, dilation))
 
     if mode == "reflect":
         for axis, (size, (before, after)) in enumerate(zip(in_size, pairs)):
@@ -357,8 +421,102 @@ def window_geometry(
         out = tuple(int(o) for o in out_size)
         if len(out) != rank or any(o < 1 or o > f for o, f in zip(out, fitting)):
             raise ValueError(f"out_size {out} must be between 1 and {tuple(fitting)} per axis")
-    _check_elements(math.prod(out) * math.prod(kernel), "the columns of one channel")
-    return WindowGeometry(in_size, kernel, stride, pairs, dilation, out, mode)
+    window = WindowGeometry(in_size, kernel, stride, pairs, dilation, out, mode)
+    _check_elements(math.prod(out) * math.prod(kernel), "the columns of one channel",
+                    size_culprit(window, "columns"))
+    return window
+
+
+def _check_rank(rank: int) -> None:
+    if rank > MAX_RANK:
+        raise ValueError(
+            f"spatial rank r = {rank} is too large: at most {MAX_RANK} spatial axes are "
+            f"supported (the columns have 2 + 2r dimensions and NumPy {np.__version__} "
+            f"allows {MAX_ARRAY_DIMS}); drop size-1 axes or merge axes"
+        )
+
+
+def _padded_culprit(in_size, pairs, kernel, stride, dilation) -> str:
+    """The argument that makes the padded input large: the padding (and, when it is the
+    'same' padding of a large dilation, the dilation), or the input's own size."""
+    volume = math.prod(in_size)
+    growth = math.prod(i + b + a for i, (b, a) in zip(in_size, pairs)) / volume
+    if growth <= volume:
+        return f"the input's spatial size {tuple(in_size)}"
+    if any(d > 1 for d in dilation) and pairs == _same_padding(in_size, kernel, stride,
+                                                                dilation):
+        return (f"dilation {tuple(dilation)} (through padding='same', which pads "
+                "D*(K-1) in total per axis)")
+    return f"padding {tuple(pairs)}"
+
+
+def size_culprit(window: WindowGeometry, array: str, *, transposed: bool = False,
+                 batch: int = 1, channels: int = 1) -> str:
+    """Name the argument that makes one array of a call large, for error messages.
+
+    Parameters
+    ----------
+    window : WindowGeometry
+        The geometry of the (forward) convolution.
+    array : {'input', 'padded', 'output', 'columns'}
+        Which array: the unpadded input ``(N, C, *I)``, the padded input, the
+        output ``(N, C, *O)`` or the columns ``(N, C, *K, *O)``. For a
+        transposed convolution (``transposed=True``) the window is that of
+        the forward convolution, so its ``in_size`` is the transposed
+        convolution's output.
+    batch, channels : int, optional
+        N and the channels of that array, blamed when they are the largest factor.
+
+    Returns
+    -------
+    str
+        E.g. ``"padding ((1000000, 1000000),)"``, ``"stride (100000, 100000)"``,
+        ``"kernel_size (1000000,)"``, ``"the batch size N = 100000"``.
+
+    Examples
+    --------
+    >>> from im2colbp.geometry import window_geometry, size_culprit
+    >>> size_culprit(window_geometry((2,), 1, padding=10**6), "padded")
+    'padding ((1000000, 1000000),)'
+    >>> size_culprit(window_geometry((5,), 3, dilation=2**31, padding="same"), "padded")
+    "dilation (2147483648,) (through padding='same', which pads D*(K-1) in total per axis)"
+    """
+    arrays = ("input", "padded", "output", "columns")
+    if array not in arrays:
+        raise ValueError(f"array must be one of {arrays}, got {array!r}")
+    input_size = window.out_size if transposed else window.in_size  # the call's input
+    if array == "columns":
+        spatial = window.kernel_volume * window.out_volume
+        what = (f"kernel_size {window.kernel_size}" if window.kernel_volume > window.out_volume
+                else size_culprit(window, "input" if transposed else "output"))
+    elif array == "input":
+        spatial = math.prod(input_size)
+        what = f"the input's spatial size {input_size}"
+    elif transposed:  # the output (I_t - 1)*S + D*(K-1) + 1 - P, or the same padded
+        spatial = math.prod(window.padded_size if array == "padded" else window.in_size)
+        factors = {
+            f"stride {window.stride}": math.prod(window.stride),
+            f"dilation {window.dilation}": math.prod(window.dilation),
+            f"kernel_size {window.kernel_size}": window.kernel_volume,
+            f"the input's spatial size {input_size}": math.prod(input_size),
+        }
+        what = max(factors, key=factors.__getitem__)
+        if array == "padded" and math.prod(window.padded_size) > 2 * math.prod(window.in_size):
+            what = f"padding {window.padding}"
+    elif array == "padded":
+        spatial = math.prod(window.padded_size)
+        what = _padded_culprit(window.in_size, window.padding, window.kernel_size,
+                               window.stride, window.dilation)
+    else:  # the output: larger than the input only through padding
+        spatial = window.out_volume
+        volume = math.prod(window.in_size)
+        what = (f"the input's spatial size {window.in_size}" if spatial <= volume * volume
+                else f"padding {window.padding}")
+    if batch > spatial and batch >= channels:
+        return f"the batch size N = {batch}"
+    if channels > spatial:
+        return f"the number of channels ({channels})"
+    return what
 
 
 def rank_and_batching(ndim: int, kernel_size: Any, name: str,
@@ -397,12 +555,19 @@ def as_shape(value: Any, name: str) -> Tuple[int, ...]:
     """Return ``value`` as a tuple of non-negative ints or raise a clear error."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise TypeError(
+            f"{name} must be a tuple of ints, got a {value.ndim}-d array {value!r} "
+            "(a shape is a 1-d sequence)"
+        )
     items = tuple(value)
     if not all(is_int(item) for item in items):
         raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
     shape = tuple(int(item) for item in items)
     if any(s < 0 for s in shape):
         raise ValueError(f"{name} must not contain negative sizes, got {shape}")
+    for axis, size in enumerate(shape):
+        _check_elements(size, f"{name}[{axis}] = {size}", f"{name}")
     return shape
 
 
@@ -436,12 +601,19 @@ def _check_bias(bias_shape, channels) -> None:
         )
 
 
-def _check_total(geometry: ConvGeometry) -> None:
+def _check_total(geometry: ConvGeometry, transposed: bool = False) -> None:
     n = max(geometry.batch, 1)
     win = geometry.window
-    _check_elements(n * geometry.in_channels * math.prod(win.padded_size), "the padded input")
-    _check_elements(n * geometry.out_channels * win.out_volume, "the output")
-    _check_elements(geometry.column_rows * win.out_volume, "the columns of one sample")
+    c_in, c_out = geometry.in_channels, geometry.out_channels
+    _check_elements(n * c_in * math.prod(win.padded_size),
+                    "the padded output" if transposed else "the padded input",
+                    size_culprit(win, "padded", transposed=transposed, batch=n, channels=c_in))
+    _check_elements(n * c_out * win.out_volume, "the input" if transposed else "the output",
+                    size_culprit(win, "input" if transposed else "output",
+                                 transposed=transposed, batch=n, channels=c_out))
+    _check_elements(geometry.column_rows * win.out_volume, "the columns of one sample",
+                    size_culprit(win, "columns", transposed=transposed,
+                                 channels=geometry.column_rows // win.kernel_volume))
 
 
 def conv_geometry(
@@ -589,17 +761,21 @@ def conv_transpose_geometry(
                 f"with I={in_size[axis]}, S={stride_t[axis]}, P={pairs[axis]}, "
                 f"D={dilation_t[axis]}, K={kernel[axis]}, output_padding={out_pad[axis]}"
             )
+    factors = {"stride": math.prod(stride_t), "dilation": math.prod(dilation_t),
+               "kernel_size": math.prod(kernel), "the input's spatial size": math.prod(in_size)}
+    _check_rank(rank)
     _check_elements(
         math.prod(out_size),
         f"the transposed-convolution output of spatial size {out_size} (input {in_size}, "
         f"stride {stride_t}, dilation {dilation_t}, kernel {kernel})",
+        max(factors, key=factors.__getitem__),
     )
     window = window_geometry(
         out_size, kernel, stride_t, pairs, dilation_t, padding_mode,
         allow_same=False, out_size=in_size,
     )
     geometry = ConvGeometry(window, batch, batched, out_channels, channels, groups)
-    _check_total(geometry)
+    _check_total(geometry, transposed=True)
     return geometry
 
 
@@ -617,9 +793,21 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
 
     float32/float64 (and longer floats) stay; float16 becomes float32; bool
     and integers become float64; complex and non-numeric data are refused.
+    A masked array (:mod:`numpy.ma`) with any masked element is refused
+    (``TypeError``): NumPy would drop the mask and compute with the hidden
+    values; one without masked elements is its data. A broadcast array that
+    needs converting stays broadcast (one conversion per distinct element).
     """
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmask(value) is not np.ma.nomask \
+            and np.ma.getmask(value).any():
+        raise TypeError(
+            f"{name} is a masked array with {np.count_nonzero(np.ma.getmask(value))} masked "
+            f"element(s); masks are not supported (ignoring one would compute with the "
+            f"masked values): pass {name}.filled(v), with the value v a masked sample "
+            "should take"
+        )
     try:
-        # asarray also strips subclasses (np.matrix would keep 2-D shapes, masks are ignored)
+        # asarray also strips subclasses (np.matrix would keep 2-D shapes)
         array = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: torch grad tensors
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}: "
@@ -628,14 +816,30 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
     if kind == "c":
         raise TypeError(f"{name} must be real; complex dtype {array.dtype} is not supported")
     if kind in "biu":
-        return array.astype(np.float64)
+        return _converted(array, np.dtype(np.float64), name)
     if kind != "f":
         raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
     if array.dtype.itemsize < 4:
-        return array.astype(np.float32)
+        return _converted(array, np.dtype(np.float32), name)
     if not array.dtype.isnative:  # e.g. '>f4' from a file: compute in the machine's order
-        return array.astype(array.dtype.newbyteorder("="))
+        return _converted(array, array.dtype.newbyteorder("="), name)
     return array
+
+
+def _converted(array: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``array.astype(dtype)``; a broadcast array (zero strides) is converted once per
+    distinct element and broadcast again, so a view of 10¹⁰ copies of one value stays small."""
+    repeated = tuple(axis for axis, (size, step) in enumerate(zip(array.shape, array.strides))
+                     if step == 0 and size > 1)
+    if repeated:
+        compact = array[tuple(slice(0, 1) if axis in repeated else slice(None)
+                              for axis in range(array.ndim))]
+        check_allocation(compact.size * dtype.itemsize, name,
+                         f"converting {name} {array.shape} to {dtype}")
+        return np.broadcast_to(compact.astype(dtype), array.shape)
+    check_allocation(array.size * dtype.itemsize, name,
+                     f"converting {name} {array.shape} from {array.dtype} to {dtype}")
+    return array.astype(dtype)
 
 
 def result_dtype(*arrays: Optional[np.ndarray]) -> np.dtype:

@@ -26,7 +26,13 @@ _TINY = float(np.finfo(np.float64).tiny)
 
 
 def _float64(value: Any, name: str) -> np.ndarray:
-    """A float64 copy of ``value``; complex and non-numeric data are refused."""
+    """A float64 copy of ``value``; complex, non-numeric and masked data are refused."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmask(value) is not np.ma.nomask \
+            and np.ma.getmask(value).any():
+        raise TypeError(
+            f"{name} is a masked array with masked elements; masks are not supported: pass "
+            f"{name}.filled(v), with the value v a masked sample should take"
+        )
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")

@@ -7,26 +7,38 @@ iteration is a single NumPy copy. ``col2im`` is the same loop with ``+=``,
 which makes it the exact adjoint of ``im2col`` by construction: every copy
 ``cols[.., k, o] = xp[.., o*S + k*D]`` becomes ``xp[.., o*S + k*D] += cols[.., k, o]``.
 
+The same copies can be grouped the other way: for a fixed window position
+``o`` the taps it reads form one strided slice too (its receptive field).
+When the kernel has more taps than there are window positions (a kernel as
+large as the input: one output), the loop runs over the positions instead,
+so it always makes ``min(prod(K), prod(O))`` Python iterations.
+
 Padding is separable: a padded array is built axis by axis, each border
-sample being a copy of one source sample (mode-dependent). Its adjoint
-(:func:`unpad_add`) walks the axes in reverse and adds every border sample
-back onto its source — the "gradient that fell on a reflected sample flows
-back to that sample" rule.
+sample being a copy of one source sample (mode-dependent), all borders of an
+axis in one indexed copy. Its adjoint (:func:`unpad_add`) walks the axes in
+reverse and adds every border sample back onto its source (one unbuffered
+``np.add.at`` per axis) — the "gradient that fell on a reflected sample
+flows back to that sample" rule. Both cost time proportional to the padded
+array, however many periods a circular padding wraps.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Sequence, Tuple
+import math
+from typing import Any, Iterator, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .geometry import (
     WindowGeometry,
     as_float_array,
     as_shape,
     rank_and_batching,
+    size_culprit,
     window_geometry,
 )
+from .memory import check_allocation
 
 __all__ = ["im2col", "col2im", "pad", "unpad_add"]
 
@@ -34,21 +46,26 @@ __all__ = ["im2col", "col2im", "pad", "unpad_add"]
 # --------------------------------------------------------------------------
 # padding and its adjoint
 # --------------------------------------------------------------------------
-def _border_sources(size: int, before: int, after: int, mode: str) -> List[Tuple[int, int]]:
-    """``(border, source)`` index pairs along one axis, in padded coordinates."""
-    pairs = []
-    for padded in list(range(before)) + list(range(before + size, before + size + after)):
-        i = padded - before  # position relative to the first real sample
-        if mode == "replicate":
-            source = min(max(i, 0), size - 1)
-        elif mode == "circular":
-            source = i % size
-        else:  # reflect, edge not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 ...
-            period = 2 * (size - 1)
-            folded = i % period
-            source = folded if folded < size else period - folded
-        pairs.append((padded, source + before))
-    return pairs
+def _border_sources(size: int, before: int, after: int, mode: str) -> Tuple[np.ndarray, ...]:
+    """``(border, source)`` index arrays along one axis, in padded coordinates.
+
+    ``border`` lists the padded positions ``0..before-1`` and
+    ``before+size..before+size+after-1``; ``source[j]`` is the padded position of
+    the real sample that ``border[j]`` copies. Both are (before + after,).
+    """
+    border = np.concatenate([np.arange(before), np.arange(before + size, before + size + after)])
+    i = border - before  # position relative to the first real sample
+    if mode == "replicate":
+        source = np.clip(i, 0, size - 1)
+    elif mode == "circular":
+        source = i % size
+    elif size == 1:  # reflect of one sample (only reachable with zero padding): itself
+        source = np.zeros_like(i)
+    else:  # reflect, edge not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 ...
+        period = 2 * (size - 1)
+        folded = i % period
+        source = np.where(folded < size, folded, period - folded)
+    return border, source + before
 
 
 def _axis_index(ndim: int, axis: int, index) -> tuple:
@@ -74,10 +91,13 @@ def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
     # Axis by axis: after axis a is done, every slab along a holds its value for
     # the interior of later axes, so later axes copy already-padded slabs.
     for axis, (size, (before, after)) in enumerate(zip(window.in_size, window.padding)):
-        for border, source in _border_sources(size, before, after, window.padding_mode):
-            out[_axis_index(out.ndim, lead + axis, border)] = out[
-                _axis_index(out.ndim, lead + axis, source)
-            ]
+        if not before and not after:
+            continue
+        border, source = _border_sources(size, before, after, window.padding_mode)
+        # sources are real samples along this axis, borders are not: no overlap
+        out[_axis_index(out.ndim, lead + axis, border)] = out[
+            _axis_index(out.ndim, lead + axis, source)
+        ]
 
 
 def pad(x: np.ndarray, window: WindowGeometry) -> np.ndarray:
@@ -101,10 +121,15 @@ def unpad_add(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray:
         for axis in reversed(range(r)):
             size = window.in_size[axis]
             before, after = window.padding[axis]
-            for border, source in _border_sources(size, before, after, window.padding_mode):
-                grad_padded[_axis_index(grad_padded.ndim, lead + axis, source)] += grad_padded[
-                    _axis_index(grad_padded.ndim, lead + axis, border)
-                ]
+            if not before and not after:
+                continue
+            border, source = _border_sources(size, before, after, window.padding_mode)
+            # many borders may feed one source (circular padding wraps): unbuffered add
+            np.add.at(
+                grad_padded,
+                _axis_index(grad_padded.ndim, lead + axis, source),
+                grad_padded[_axis_index(grad_padded.ndim, lead + axis, border)],
+            )
     interior = (Ellipsis,) + tuple(
         slice(b, b + i) for i, (b, _) in zip(window.in_size, window.padding)
     )
@@ -127,26 +152,61 @@ def _offset_slices(window: WindowGeometry) -> Iterator[Tuple[Tuple[int, ...], tu
         )
 
 
+def _position_slices(window: WindowGeometry) -> Iterator[Tuple[Tuple[int, ...], tuple]]:
+    """For each window position o, the strided slice of the padded input it reads.
+
+    Position ``o`` reads padded samples ``o*S, o*S + D, ..., o*S + (K-1)*D``:
+    its receptive field, one strided slice of K samples per axis.
+    """
+    for position in np.ndindex(*window.out_size):
+        yield position, tuple(
+            slice(o * s, o * s + d * (k - 1) + 1, d)
+            for o, s, d, k in zip(position, window.stride, window.dilation, window.kernel_size)
+        )
+
+
+def _loop_over_positions(window: WindowGeometry) -> bool:
+    """Loop over window positions rather than kernel offsets when there are fewer."""
+    return window.out_volume < window.kernel_volume
+
+
 def im2col_into(x_padded: np.ndarray, window: WindowGeometry, cols: np.ndarray) -> None:
-    """Fill ``cols`` (n, C, *K, *O) from ``x_padded`` (n, C, *padded)."""
+    """Fill ``cols`` (n, C, *K, *O) from ``x_padded`` (n, C, *padded).
+
+    ``min(prod(K), prod(O))`` Python iterations, each one strided NumPy copy.
+    """
+    lead = (slice(None), slice(None))
+    if _loop_over_positions(window):
+        every_tap = (slice(None),) * window.rank
+        for position, field in _position_slices(window):
+            # cols[:, :, :.., o_1..o_r] is (n, C, k_1..k_r); so is the receptive field
+            cols[lead + every_tap + position] = x_padded[lead + field]
+        return
     for offset, spatial in _offset_slices(window):
         # cols[:, :, k_1..k_r] is (n, C, o_1..o_r); so is the strided input slice
-        cols[(slice(None), slice(None)) + offset] = x_padded[(slice(None), slice(None)) + spatial]
+        cols[lead + offset] = x_padded[lead + spatial]
 
 
 def col2im_add(cols: np.ndarray, window: WindowGeometry, grad_padded: np.ndarray) -> None:
-    """Scatter-add ``cols`` (n, C, *K, *O) into ``grad_padded`` (n, C, *padded)."""
+    """Scatter-add ``cols`` (n, C, *K, *O) into ``grad_padded`` (n, C, *padded).
+
+    The same loop as :func:`im2col_into` with ``+=`` (so its exact adjoint).
+    """
+    lead = (slice(None), slice(None))
+    if _loop_over_positions(window):
+        every_tap = (slice(None),) * window.rank
+        for position, field in _position_slices(window):
+            grad_padded[lead + field] += cols[lead + every_tap + position]  # (n, C, *K)
+        return
     for offset, spatial in _offset_slices(window):
-        grad_padded[(slice(None), slice(None)) + spatial] += cols[
-            (slice(None), slice(None)) + offset
-        ]
+        grad_padded[lead + spatial] += cols[lead + offset]  # (n, C, *O)
 
 
 # --------------------------------------------------------------------------
 # public functions
 # --------------------------------------------------------------------------
 def im2col(
-    x: Any,
+    x: ArrayLike,
     kernel_size: Any,
     *,
     stride: Any = 1,
@@ -182,7 +242,10 @@ def im2col(
     Notes
     -----
     Memory: the result is ``prod(K) * prod(O) / prod(I)`` times the input
-    (about ``prod(K)`` at stride 1). The copy loop runs ``prod(K)`` times.
+    (about ``prod(K)`` at stride 1). A call whose columns and padded copy
+    cannot fit the memory bound (:func:`im2colbp.memory.memory_limit`) raises
+    :class:`~im2colbp.memory.AllocationError` before allocating. The copy loop
+    runs ``min(prod(K), prod(O))`` times.
 
     Examples
     --------
@@ -204,6 +267,16 @@ def im2col(
     xb = x if batched else x[None]
     window = window_geometry(xb.shape[2:], kernel_size, stride, padding, dilation)
     n, channels = xb.shape[:2]
+    shape = (n, channels * window.kernel_volume, window.out_volume)
+    planes = n * channels
+    nbytes = planes * window.kernel_volume * window.out_volume * x.itemsize
+    padded = planes * math.prod(window.padded_size) * x.itemsize if window.is_padded else 0
+    detail = f"im2col: the columns {shape if batched else shape[1:]}"
+    if padded:
+        detail += f" and the padded input {(n, channels) + window.padded_size}"
+    culprit = size_culprit(window, "columns" if nbytes >= padded else "padded",
+                           batch=n, channels=channels)
+    check_allocation(nbytes + padded, culprit, detail)
     cols = np.empty((n, channels) + window.kernel_size + window.out_size, dtype=x.dtype)
     im2col_into(pad(xb, window), window, cols)
     cols = cols.reshape(n, channels * window.kernel_volume, window.out_volume)
@@ -211,7 +284,7 @@ def im2col(
 
 
 def col2im(
-    cols: Any,
+    cols: ArrayLike,
     output_size: Sequence[int],
     kernel_size: Any,
     *,
@@ -273,6 +346,17 @@ def col2im(
             f"{window.dilation} gives {window.out_size} = {window.out_volume} window positions"
         )
     channels = rows // window.kernel_volume
+    padded_bytes = n * channels * math.prod(window.padded_size) * cols.itemsize
+    image_bytes = n * channels * math.prod(window.in_size) * cols.itemsize
+    culprit = size_culprit(window, "padded" if window.is_padded else "input",
+                           batch=n, channels=channels)
+    culprit = culprit.replace("the input's spatial size", "output_size")
+    check_allocation(
+        padded_bytes + (image_bytes if window.is_padded else 0), culprit,
+        f"col2im: the image {((n,) if batched else ()) + (channels,) + window.in_size}"
+        + (f" and its padded copy {(n, channels) + window.padded_size}"
+           if window.is_padded else ""),
+    )
     grad_padded = np.zeros((n, channels) + window.padded_size, dtype=cols.dtype)
     col2im_add(
         colsb.reshape((n, channels) + window.kernel_size + window.out_size), window, grad_padded

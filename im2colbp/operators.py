@@ -24,6 +24,7 @@ import math
 from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .geometry import (
     NUMPY_PAD_MODES,
@@ -33,8 +34,10 @@ from .geometry import (
     as_shape,
     conv_geometry,
     rank_and_batching,
+    size_culprit,
     window_geometry,
 )
+from .memory import check_allocation
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -75,9 +78,51 @@ def _axis_sources(window: WindowGeometry) -> List[np.ndarray]:
     return along
 
 
-def _taps_reading_input(along: List[np.ndarray]) -> int:
+def _axis_taps_reading_input(window: WindowGeometry, axis: int) -> int:
+    """How many (k, o) pairs of one axis read a real sample, by arithmetic.
+
+    With zero padding, tap k at position o reads ``o*S + k*D - P_before``, a real
+    sample when it lies in ``0..I-1``. For each value of the shorter of the two
+    index ranges (k or o) the admissible values of the other form an interval,
+    so the count takes ``min(K, O)`` vectorised steps and no (K, O) array.
+    """
+    size, (before, _) = window.in_size[axis], window.padding[axis]
+    kernel, out = window.kernel_size[axis], window.out_size[axis]
+    stride, dilation = window.stride[axis], window.dilation[axis]
+    if window.padding_mode != "zeros":
+        return kernel * out  # every padded sample copies a real one
+    if kernel <= out:  # per tap k: positions o with 0 <= o*S + k*D - P_b <= I - 1
+        start = before - np.arange(kernel, dtype=object) * dilation
+        step, length = stride, out
+    else:  # per position o: taps k with 0 <= k*D + o*S - P_b <= I - 1
+        start = before - np.arange(out, dtype=object) * stride
+        step, length = dilation, kernel
+    low = np.maximum(-((-start) // step), 0)  # ceil(start / step), at least 0
+    high = np.minimum((start + size - 1) // step, length - 1)
+    return int(np.maximum(high - low + 1, 0).sum())
+
+
+def _taps_reading_input(window: WindowGeometry) -> int:
     """How many (k, o) pairs read a real sample: validity is separable, so count per axis."""
-    return math.prod(int(np.count_nonzero(a >= 0)) for a in along)
+    return math.prod(_axis_taps_reading_input(window, axis) for axis in range(window.rank))
+
+
+def _check_memory(window: WindowGeometry, entries: int, planes: int, itemsize: int,
+                  what: str) -> None:
+    """Refuse an operator whose index arrays and matrix cannot fit, before building them.
+
+    Counted: the per-axis source tables, the ``(*K, *O)`` source and validity
+    grids, and the COO triplets (row, column, value) with the CSR copy made
+    from them.
+    """
+    tables = sum(p + k * o for p, k, o in zip(window.padded_size, window.kernel_size,
+                                                 window.out_size)) * 8
+    grids = window.kernel_volume * window.out_volume * (8 + 1) * 2
+    triplets = entries * (8 + 8 + itemsize) * 2
+    culprit = size_culprit(window, "columns", batch=planes)
+    check_allocation(tables + grids + triplets,
+                     culprit.replace("the input's spatial size", "input_shape"),
+                     f"{what}: its index arrays and {entries:,} stored entries")
 
 
 def _window_sources(window: WindowGeometry, along: List[np.ndarray]) -> Tuple[np.ndarray, ...]:
@@ -197,9 +242,11 @@ def im2col_operator(
     planes = math.prod(lead)  # N*C (or C): independent (sample, channel) planes
     in_volume = math.prod(window.in_size)
     rows_per_plane = window.kernel_volume * window.out_volume
+    entries = planes * _taps_reading_input(window)
+    what = f"im2col_operator for input {input_shape}"
+    _check_nonzeros(entries, max_nonzeros, what)
+    _check_memory(window, entries, planes, 8, what)
     along = _axis_sources(window)
-    _check_nonzeros(planes * _taps_reading_input(along), max_nonzeros,
-                    f"im2col_operator for input {input_shape}")
     source, valid = _window_sources(window, along)  # (*K, *O)
 
     row = np.flatnonzero(valid)  # (m,): flat (k, o) of the rows that read a real sample
@@ -212,7 +259,7 @@ def im2col_operator(
 
 
 def conv_operator(
-    weight: Any,
+    weight: ArrayLike,
     input_shape: Sequence[int],
     *,
     stride: Any = 1,
@@ -302,14 +349,16 @@ def conv_operator(
     )
     window = geometry.window
     batch, groups = geometry.batch, geometry.groups
+    if geometry.in_channels == geometry.out_channels == 0:
+        groups = 1  # no channels: any G divides them, and every group is empty
     c_in, c_out = geometry.in_channels, geometry.out_channels
     c_group, f_group = c_in // groups, c_out // groups
     in_volume, out_volume = math.prod(window.in_size), window.out_volume
+    entries = batch * c_out * c_group * _taps_reading_input(window)
+    what = f"conv_operator for input {geometry.input_shape} and weight {weight.shape}"
+    _check_nonzeros(entries, max_nonzeros, what)
+    _check_memory(window, entries, batch * c_in, weight.itemsize, what)
     along = _axis_sources(window)
-    _check_nonzeros(
-        batch * c_out * c_group * _taps_reading_input(along), max_nonzeros,
-        f"conv_operator for input {geometry.input_shape} and weight {weight.shape}",
-    )
     source, valid = _window_sources(window, along)  # (*K, *O)
 
     tap, position = np.nonzero(

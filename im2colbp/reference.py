@@ -43,7 +43,9 @@ from .geometry import (
     conv_geometry,
     conv_transpose_geometry,
     result_dtype,
+    size_culprit,
 )
+from .memory import check_allocation
 
 __all__ = [
     "conv",
@@ -90,6 +92,33 @@ def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray
     return dx_flat.reshape(lead + in_size)
 
 
+def _check_memory(what: str, parts: Sequence[Tuple[int, str]]) -> None:
+    """Refuse, before allocating, a call whose arrays (``(bytes, culprit)`` each) cannot fit;
+    the culprit of the largest array is named."""
+    check_allocation(sum(nbytes for nbytes, _ in parts), max(parts)[1], what)
+
+
+def _padded_parts(geometry: ConvGeometry, itemsize: int, transposed: bool = False,
+                  fold: bool = False) -> list:
+    """(bytes, culprit) of the padded array of ``geometry``'s input side (and, with
+    ``fold``, of the scratch of :func:`_fold_padding`)."""
+    window = geometry.window
+    n, c = max(geometry.batch, 1), geometry.in_channels
+    padded, volume = math.prod(window.padded_size), math.prod(window.in_size)
+    culprit = size_culprit(window, "padded", transposed=transposed, batch=n, channels=c)
+    parts = [(n * c * padded * itemsize, culprit)]
+    if fold:  # index arrays, the kept gradient entries and the folded result
+        parts.append((padded * 17 + volume * 8 + n * c * (padded + volume) * itemsize, culprit))
+    return parts
+
+
+def _output_part(geometry: ConvGeometry, itemsize: int) -> Tuple[int, str]:
+    window = geometry.window
+    n, c = max(geometry.batch, 1), geometry.out_channels
+    return (n * c * window.out_volume * itemsize,
+            size_culprit(window, "output", batch=n, channels=c))
+
+
 def _receptive_field(position: Tuple[int, ...], window: WindowGeometry) -> Tuple[slice, ...]:
     """Spatial slices of the padded input read by output ``position``: ``j*S + k*D``, k < K."""
     return tuple(
@@ -106,6 +135,12 @@ def _group_slices(geometry: ConvGeometry, group: int) -> Tuple[slice, slice]:
         slice(group * c_in, (group + 1) * c_in),
         slice(group * c_out, (group + 1) * c_out),
     )
+
+
+def _group_count(geometry: ConvGeometry) -> int:
+    """The groups that hold any channel: all G, or none when there are no channels
+    (then any G divides them; 10**20 groups of nothing are no work)."""
+    return geometry.groups if geometry.in_channels or geometry.out_channels else 0
 
 
 def _batched(array: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
@@ -130,7 +165,7 @@ def _input_gradient(dy: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np
     for position in np.ndindex(*window.out_size):
         field = dx_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: a view (N, C_in, *K) into dx_padded, so += accumulates in place
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             w_group = w[outs].reshape(w[outs].shape[:2] + (kernel_volume,))  # (C_out/G, C_in/G, ∏K)
             dy_here = dy[(slice(None), outs) + position]  # (N, C_out/G)
@@ -230,6 +265,9 @@ def conv(
         padding_mode=padding_mode,
     )
     dtype = result_dtype(x, w, b)
+    _check_memory(f"reference.conv: the padded input and the output {geometry.output_shape}",
+                  _padded_parts(geometry, dtype.itemsize) + [_output_part(geometry,
+                                                                          dtype.itemsize)])
     window = geometry.window
     kernel_volume = window.kernel_volume
     x_padded = _pad(_batched(x, geometry).astype(dtype, copy=False), window)  # (N, C_in, *padded)
@@ -240,7 +278,7 @@ def conv(
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K), the samples output `position` reads
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             w_group = w[outs].reshape(w[outs].shape[:2] + (kernel_volume,))  # (C_out/G, C_in/G, ∏K)
@@ -315,6 +353,8 @@ def conv_grad_input(
     )
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the forward output's shape")
     dtype = result_dtype(dy, w)
+    _check_memory(f"reference.conv_grad_input: dx {geometry.input_shape} and its padded copy",
+                  _padded_parts(geometry, dtype.itemsize, fold=True))
     dx = _input_gradient(
         _batched(dy, geometry).astype(dtype, copy=False), w.astype(dtype, copy=False), geometry
     )
@@ -379,6 +419,8 @@ def conv_grad_weight(
     )
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the forward output's shape")
     dtype = result_dtype(dy, x)
+    _check_memory("reference.conv_grad_weight: the padded input",
+                  _padded_parts(geometry, dtype.itemsize))
     window = geometry.window
     kernel_volume = window.kernel_volume
     x_padded = _pad(_batched(x, geometry).astype(dtype, copy=False), window)  # (N, C_in, *padded)
@@ -389,7 +431,7 @@ def conv_grad_weight(
     for position in np.ndindex(*window.out_size):
         field = x_padded[(slice(None), slice(None)) + _receptive_field(position, window)]
         # field: (N, C_in, *K)
-        for group in range(geometry.groups):
+        for group in range(_group_count(geometry)):
             ins, outs = _group_slices(geometry, group)
             x_field = field[:, ins].reshape(batch, c_in, kernel_volume)  # (N, C_in/G, ∏K)
             dy_here = dy[(slice(None), outs) + position]  # (N, C_out/G)
@@ -523,6 +565,10 @@ def conv_transpose(
     # window.in_size is our output size O, window.out_size is x's size I,
     # in_channels is our C_out, out_channels is x's C_in.
     dtype = result_dtype(x, w, b)
+    _check_memory(
+        f"reference.conv_transpose: the output {geometry.input_shape} and its padded copy",
+        _padded_parts(geometry, dtype.itemsize, transposed=True, fold=True),
+    )
     window = geometry.window
     x = _batched(x, geometry).astype(dtype, copy=False)  # (N, C_in, *I)
     w = w.astype(dtype, copy=False)  # (C_in, C_out/G, *K)
@@ -535,7 +581,7 @@ def conv_transpose(
             target = tuple(
                 i_a * s + k_a * d for i_a, k_a, s, d in zip(i, k, window.stride, window.dilation)
             )
-            for group in range(geometry.groups):
+            for group in range(_group_count(geometry)):
                 ins = slice(group * c_in, (group + 1) * c_in)
                 outs = slice(group * c_out, (group + 1) * c_out)
                 x_here = x[(slice(None), ins) + i]  # (N, C_in/G)

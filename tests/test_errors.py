@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import im2colbp as ib
+from im2colbp import reference
 
 PACKAGE_DIR = pathlib.Path(ib.__file__).resolve().parent
 
@@ -922,28 +923,44 @@ def test_workspace_limit_restored_after_error_inside_block():
 # --------------------------------------------------------------------------
 # extra edge cases: 0-d integer arrays as arguments, absurd groups
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("arg", ["stride", "padding", "dilation", "groups"])
-def test_zero_d_integer_array_arguments(arg):
-    """A 0-d integer array is either taken as the int it holds or refused by name."""
-    x, w = _a(1, 1, 5), _a(1, 1, 3)
-    try:
-        y = ib.conv(x, w, **{arg: np.array(1)})
-    except (TypeError, ValueError) as error:
-        assert type(error) in (TypeError, ValueError)
-        assert arg in str(error), f"{type(error).__name__}: {error}"
-    else:
-        np.testing.assert_array_equal(y, ib.conv(x, w, **{arg: 1}))
+@pytest.mark.parametrize("arg,value", [("stride", 2), ("padding", 1), ("dilation", 2),
+                                       ("groups", 1)])
+def test_zero_d_integer_array_arguments(arg, value):
+    """A 0-d integer array is taken as the int it holds (the same result as the int,
+    which differs from the default: the argument is really read)."""
+    x, w = _a(1, 1, 7), _a(1, 1, 3)
+    y = ib.conv(x, w, **{arg: np.array(value)})
+    np.testing.assert_array_equal(y, ib.conv(x, w, **{arg: value}))
+    np.testing.assert_array_equal(y, reference.conv(x, w, **{arg: value}))
+    if arg != "groups":
+        assert y.shape != ib.conv(x, w).shape
+
+
+@pytest.mark.parametrize("arg,value", [("stride", 1.0), ("padding", np.array(1.5)),
+                                       ("dilation", np.array([[1]])), ("groups", np.array(True))])
+def test_non_integer_array_arguments_are_refused_by_name(arg, value):
+    _raises(TypeError, arg, ib.conv, _a(1, 1, 7), _a(1, 1, 3), **{arg: value})
+
+
+@pytest.mark.parametrize("make", [lambda: np.array(5), lambda: np.array([[1, 1, 5]])],
+                         ids=["0-d", "2-d"])
+def test_array_shape_arguments_must_be_one_dimensional(make):
+    """A 0-d array as a shape gave NumPy's 'iteration over a 0-d array'."""
+    _raises(TypeError, "input shape must be a tuple of ints", ib.conv_grad_input,
+            _a(1, 1, 3), _a(1, 1, 3), make())
+    _raises(TypeError, "output_size must be a tuple of ints", ib.col2im,
+            _a(1, 3, 3), make(), 3)
+    np.testing.assert_array_equal(  # a 1-d integer array is a shape
+        ib.conv_grad_input(_a(1, 1, 3), _a(1, 1, 3), np.array([1, 1, 5])),
+        ib.conv_grad_input(_a(1, 1, 3), _a(1, 1, 3), (1, 1, 5)))
 
 
 def test_huge_groups_with_zero_channels():
-    """0 channels are divisible by any groups: either a correct empty result or a
-    ValueError naming groups, never a NumPy-internal error."""
-    try:
-        y = ib.conv(_a(1, 0, 5), _a(0, 0, 3), groups=10**20)
-    except ValueError as error:
-        assert "groups" in str(error), str(error)
-    else:
-        assert y.shape == (1, 0, 3)
+    """0 channels are divisible by any groups: the (correct, empty) result, with the
+    shape the geometry defines, never a NumPy-internal error."""
+    y = ib.conv(_a(1, 0, 5), _a(0, 0, 3), groups=10**20)
+    assert type(y) is np.ndarray and y.shape == (1, 0, 3) and y.dtype == np.float64
+    assert reference.conv(_a(1, 0, 5), _a(0, 0, 3), groups=10**20).shape == (1, 0, 3)
 
 
 # --------------------------------------------------------------------------

@@ -141,3 +141,103 @@ def test_col2im_example_volume_matches_sum():
     image = ib.col2im(cols, (4, 4, 4), 2, stride=1)
     assert image.sum() == pytest.approx(cols.sum())
     assert image.shape == (2, 3, 4, 4, 4)
+
+
+# --------------------------------------------------------------------------
+# both loop orders (kernel offsets, window positions) and no Python loop that
+# scales with the kernel or the padding (issue 13, item 3)
+# --------------------------------------------------------------------------
+LARGE_KERNEL_CASES = [
+    # in_size, kernel, stride, padding, dilation: more taps than window positions
+    ((6,), (5,), (1,), ((0, 0),), (1,)),       # 2 windows, 5 taps
+    ((6,), (6,), (1,), ((0, 0),), (1,)),       # one window
+    ((5,), (4,), (3,), ((2, 1),), (1,)),       # padded, strided: 2 windows
+    ((7,), (3,), (1,), ((0, 0),), (3,)),       # dilated: 1 window
+    ((4, 5), (3, 4), (2, 1), ((1, 0), (0, 1)), (1, 1)),
+    ((3, 3, 4), (3, 2, 4), (1, 2, 1), ((0, 0), (1, 1), (0, 0)), (1, 1, 1)),
+    ((5, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), (2, 1)),  # 2-D, more windows than taps
+]
+
+
+@pytest.mark.parametrize("in_size,kernel,stride,padding,dilation", LARGE_KERNEL_CASES)
+def test_large_kernels_match_definition_and_adjoint(in_size, kernel, stride, padding,
+                                                    dilation, rng):
+    window = window_geometry(in_size, kernel, stride, padding, dilation)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    x = rng.standard_normal((2, 3) + in_size)
+    cols = ib.im2col(x, kernel, **kwargs)
+    np.testing.assert_array_equal(cols, im2col_by_definition(x, window))
+    c = rng.standard_normal(cols.shape)
+    back = ib.col2im(c, in_size, kernel, **kwargs)
+    assert np.vdot(cols, c) == pytest.approx(np.vdot(x, back), rel=1e-12)
+
+
+def _python_lines(call, package_dir, limit):
+    """Run ``call`` counting the Python lines executed in ``package_dir``; give up
+    (RuntimeError) after ``limit`` of them, so a loop over 10**6 taps fails quickly."""
+    import sys
+
+    count = [0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] > limit:
+                raise RuntimeError(f"more than {limit} Python lines in im2colbp")
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename.startswith(package_dir) else None
+
+    sys.settrace(tracer)
+    try:
+        result = call()
+    finally:
+        sys.settrace(None)
+    return result, count[0]
+
+
+PACKAGE_DIR = str(__import__("pathlib").Path(ib.__file__).parent)
+
+
+def test_a_kernel_as_large_as_the_input_takes_few_python_steps():
+    """A broadcast 10**6-tap kernel window on a 10**6-sample broadcast input has one
+    window position: the lowering loops over positions, not over 10**6 offsets."""
+    x = np.broadcast_to(np.float32(1), (1, 1, 10**6))
+    cols, lines = _python_lines(lambda: ib.im2col(x, (10**6,)), PACKAGE_DIR, 2000)
+    assert cols.shape == (1, 10**6, 1) and cols.dtype == np.float32 and np.all(cols == 1)
+    back, lines = _python_lines(lambda: ib.col2im(cols, (10**6,), 10**6), PACKAGE_DIR, 2000)
+    assert back.shape == (1, 1, 10**6) and np.all(back == 1)
+    # two windows, 5 * 10**5 taps each, dilation 2: still two Python iterations
+    cols, _ = _python_lines(lambda: ib.im2col(x, (5 * 10**5,), dilation=2), PACKAGE_DIR, 2000)
+    np.testing.assert_array_equal(cols[0, :, 0], 1)
+
+
+@pytest.mark.parametrize("mode", ["circular", "replicate", "reflect", "zeros"])
+def test_padding_work_does_not_loop_over_the_padding(mode):
+    """padding=10**6 on a 2-sample input: pad and its adjoint in a few Python steps,
+    matching np.pad and the adjoint identity."""
+    amount = 10**6 if mode != "reflect" else 1
+    window = window_geometry((2, 3), 1, 1, ((amount, amount), (0, 2)), 1, mode)
+    x = np.arange(6.0).reshape(1, 2, 3)
+    padded, _ = _python_lines(lambda: pad(x, window), PACKAGE_DIR, 500)
+    np.testing.assert_array_equal(
+        padded, np.pad(x, ((0, 0), (amount, amount), (0, 2)), NP_PAD_MODE[mode]))
+    g = np.random.default_rng(1).standard_normal(padded.shape)
+    folded, _ = _python_lines(lambda: unpad_add(g.copy(), window), PACKAGE_DIR, 500)
+    assert np.vdot(padded, g) == pytest.approx(np.vdot(x, folded), rel=1e-10)
+
+
+def test_circular_padding_through_conv_is_its_period_sum():
+    """Through the public API: the conv with circular padding 10**6 of a 2-sample input,
+    and its input gradient (every border sample folds back onto its source)."""
+    x = np.array([[[1.0, 2.0]]])
+    w = np.ones((1, 1, 1))
+    y, _ = _python_lines(lambda: ib.conv(x, w, padding=10**6, padding_mode="circular"),
+                         PACKAGE_DIR, 5000)
+    np.testing.assert_array_equal(y[0, 0, :4], [1, 2, 1, 2])
+    assert y.shape == (1, 1, 2 * 10**6 + 2)
+    dx, _ = _python_lines(
+        lambda: ib.conv_grad_input(np.ones_like(y), w, x.shape, padding=10**6,
+                                   padding_mode="circular"), PACKAGE_DIR, 5000)
+    np.testing.assert_array_equal(dx, [[[10**6 + 1, 10**6 + 1]]])

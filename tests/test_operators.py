@@ -14,7 +14,14 @@ from strategies import MAX_SIZE, PADDING_MODES, assert_close, conv_cases, paddin
 import im2colbp as ib
 from im2colbp import reference
 from im2colbp.geometry import conv_geometry, window_geometry
-from im2colbp.operators import DEFAULT_MAX_NONZEROS, conv_operator, im2col_operator
+from im2colbp.memory import AllocationError, memory_limit
+from im2colbp.operators import (
+    DEFAULT_MAX_NONZEROS,
+    _axis_sources,
+    _axis_taps_reading_input,
+    conv_operator,
+    im2col_operator,
+)
 
 
 def _scale(*arrays):
@@ -212,7 +219,17 @@ def test_max_nonzeros_limit():
     assert conv_operator(w, shape, max_nonzeros=entries).nnz == entries
     with pytest.raises(ValueError, match="max_nonzeros"):
         conv_operator(w, shape, max_nonzeros=entries - 1)
-    assert DEFAULT_MAX_NONZEROS == 10_000_000
+    # the default applies when max_nonzeros is not given: DEFAULT_MAX_NONZEROS entries pass
+    # the count (and then meet the memory bound, set tiny here so that nothing is built),
+    # one more is refused by the count
+    with memory_limit(1000):
+        with pytest.raises(AllocationError):
+            im2col_operator((1, 1, DEFAULT_MAX_NONZEROS), 1)
+        with pytest.raises(ValueError, match=f"max_nonzeros={DEFAULT_MAX_NONZEROS:,}") as info:
+            im2col_operator((1, 1, DEFAULT_MAX_NONZEROS + 1), 1)
+        assert type(info.value) is ValueError
+        with pytest.raises(ValueError, match=f"max_nonzeros={DEFAULT_MAX_NONZEROS:,}"):
+            conv_operator(np.ones((1, 1, 1)), (1, 1, DEFAULT_MAX_NONZEROS + 1))
     # 3.6e9 entries: refused from per-axis counts, before any (*K, *O) array is built
     with pytest.raises(ValueError, match="max_nonzeros=10,000,000"):
         im2col_operator((1, 1, 512, 512, 512), (3, 3, 3))
@@ -267,3 +284,32 @@ def _raises(exc, match, fn, *args, **kwargs):
 ])
 def test_errors(label, thunk, exc, match):
     _raises(exc, match, thunk)
+
+
+@given(st.integers(1, 9), st.integers(1, 6), st.integers(1, 4), st.integers(1, 4),
+       st.integers(0, 6), st.integers(0, 6))
+def test_entry_count_by_arithmetic_matches_the_index_tables(size, kernel, stride, dilation,
+                                                          before, after):
+    """The count that guards max_nonzeros (arithmetic, no (K, O) array) equals the
+    number of (tap, window) pairs of the index table that read a real sample, on both
+    of its branches (more taps than windows, and fewer)."""
+    try:
+        window = window_geometry((size,), kernel, stride, ((before, after),), dilation)
+    except ValueError:
+        assume(False)
+    table = _axis_sources(window)[0]  # (K, O), -1 where the tap reads zero padding
+    assert _axis_taps_reading_input(window, 0) == np.count_nonzero(table >= 0)
+
+
+def test_huge_groups_of_no_channels():
+    """Any groups divides zero channels: an empty operator, not np.arange(10**20)."""
+    T = conv_operator(np.ones((0, 0, 3)), (1, 0, 5), groups=10**20)
+    assert T.shape == (0, 0) and T.nnz == 0
+
+
+def test_large_kernel_operator_matches_im2col():
+    """More taps than windows (one window): the operator still equals the lowering."""
+    x = np.arange(1.0, 13.0).reshape(1, 2, 6)
+    S = im2col_operator(x.shape, 5, padding=((1, 0),), stride=3)
+    np.testing.assert_array_equal(S @ x.ravel(),
+                                  ib.im2col(x, 5, padding=((1, 0),), stride=3).ravel())
