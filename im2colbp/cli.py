@@ -78,9 +78,16 @@ def _writer(out: Optional[TextIO]) -> Callable[..., None]:
     return say
 
 
-def _max_error(a: np.ndarray, b: np.ndarray) -> float:
-    a64 = np.asarray(a, dtype=np.float64)
-    b64 = np.asarray(b, dtype=np.float64)
+def _present(array: Optional[np.ndarray]) -> np.ndarray:
+    """A gradient that was asked for (never None here)."""
+    if array is None:  # pragma: no cover - every gradient is requested
+        raise RuntimeError("a requested gradient is missing")
+    return array
+
+
+def _max_error(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
+    a64 = np.asarray(_present(a), dtype=np.float64)
+    b64 = np.asarray(_present(b), dtype=np.float64)
     return float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
 
 
@@ -259,13 +266,13 @@ _MAP_LIMIT = 200_000  # X_col entries of one sample above which the map is not b
 
 def _abbreviated(indices: Sequence[int], keep_head: int, keep_tail: int) -> List[Optional[int]]:
     """The indices to show, None marking an elision."""
-    indices = list(indices)
-    if len(indices) <= keep_head + keep_tail + 1:
-        return indices
-    return indices[:keep_head] + [None] + indices[-keep_tail:]
+    shown: List[Optional[int]] = list(indices)
+    if len(shown) <= keep_head + keep_tail + 1:
+        return shown
+    return shown[:keep_head] + [None] + shown[-keep_tail:]
 
 
-def _tuple_label(values: Sequence[int]) -> str:
+def _tuple_label(values: Sequence[Any]) -> str:
     return "(" + ",".join(str(v) for v in values) + ")"
 
 
@@ -317,8 +324,9 @@ def _say_column_map(spec: ConvSpec, say: Callable[..., None]) -> None:
 
     row_ids = _abbreviated(range(rows), 16, 4)
     col_ids = _abbreviated(range(window.out_volume), 8, 2)
-    row_labels = {r: _tuple_label((r // window.kernel_volume,)
-                                  + np.unravel_index(r % window.kernel_volume, window.kernel_size))
+    row_labels = {r: _tuple_label((r // window.kernel_volume,) + tuple(
+                                      np.unravel_index(r % window.kernel_volume,
+                                                       window.kernel_size)))
                   for r in row_ids if r is not None}
     col_labels = {c: _tuple_label(np.unravel_index(c, window.out_size))
                   for c in col_ids if c is not None}
@@ -649,8 +657,8 @@ def _finite_difference_error(f: Callable[[np.ndarray], np.ndarray], point: np.nd
         return max_relative_error(analytic, numeric), f"full ({point.size})"
     worst = 0.0
     for trial in range(3):
-        numeric, value = directional_derivative_check(f, point, analytic, dy, rng=seed + trial)
-        worst = max(worst, abs(numeric - value) / max(abs(numeric), abs(value), 1e-300))
+        along, value = directional_derivative_check(f, point, analytic, dy, rng=seed + trial)
+        worst = max(worst, abs(along - value) / max(abs(along), abs(value), 1e-300))
     return worst, "3 directions"
 
 
@@ -751,9 +759,10 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
     oracles = (_transposed_oracles if spec.transposed else _conv_oracles)(spec, x64, w64, b64,
                                                                           dy64)
     ours_by_name = {"y": y, "dx": grads.input, "dW": grads.weight, "db": grads.bias}
+    ours: np.ndarray
     ok = True
     for index, (name, expected, fd) in enumerate(oracles):
-        ours = ours_by_name[name]
+        ours = _present(ours_by_name[name])
         err_ref = max_relative_error(ours, expected)
         good = err_ref <= ref_tol and ours.dtype == dtype and ours.shape == expected.shape
         fd_text, how = f"{'-':>16}", ""
@@ -778,7 +787,7 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
         text = "y (no bias) by channel transposition (zero-insert x, pad, flipped swapped W)"
     else:
         dx_t = conv_grad_input_by_transposition(dy, w, x.shape, **conv_kw)
-        err = max_relative_error(dx_t, grads.input)
+        err = max_relative_error(dx_t, _present(grads.input))
         text = "dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx"
     good = err <= ref_tol
     ok = ok and good
@@ -814,7 +823,7 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
     image = rgb_image(5)
     x = np.stack([image, image[:, ::-1, :]])  # N=2: the image and its upside-down copy
     weight, bias = edge_filters()
-    kw = dict(stride=2, padding=1)
+    kw: Dict[str, Any] = dict(stride=2, padding=1)
     size = x.shape[2]
     c_out, k = weight.shape[0], weight.shape[2]
 
@@ -865,10 +874,10 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         f"({c_out} x {cols.shape[2]}) = ({cols.shape[1]} x {cols.shape[2]}) -> {x.shape[1:]}")
     say(f"          db = sum of delta over n and the {cols.shape[2]} positions -> ({c_out},)")
     say("          delta[0, 0]                 dX[0, 0], red: even columns see only Sobel-x's 0s")
-    delta_rows, dx_rows = _grid(dy[0, 0]), _grid(grads.input[0, 0])
+    delta_rows, dx_rows = _grid(dy[0, 0]), _grid(_present(grads.input)[0, 0])
     for i, row in enumerate(dx_rows):
-        left = delta_rows[i] if i < len(delta_rows) else ""
-        say(f"            {left:<26}{row}")
+        delta_row = delta_rows[i] if i < len(delta_rows) else ""
+        say(f"            {delta_row:<26}{row}")
     checks = [
         ("y", y, reference.conv(x, weight, bias, **kw), None),
         ("dW", grads.weight, reference.conv_grad_weight(dy, x, weight.shape, **kw),
@@ -885,7 +894,7 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         err_numeric = None if numeric is None else _max_error(ours, numeric)
         worst = max(worst, err_direct, err_numeric or 0.0)
         numeric_text = f"{'-':>16}" if err_numeric is None else f"{err_numeric:16.1e}"
-        say(f"          {name:4}{str(ours.shape):<16}{err_direct:10.1e}{numeric_text}")
+        say(f"          {name:4}{str(_present(ours).shape):<16}{err_direct:10.1e}{numeric_text}")
     dx_t = conv_grad_input_by_transposition(dy, weight, x.shape, **kw)
     err = _max_error(dx_t, grads.input)
     worst = max(worst, err)
@@ -899,10 +908,10 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         t_x = np.random.default_rng(1).standard_normal((8, 16, 32, 32))
         t_w = np.random.default_rng(2).standard_normal((32, 16, 3, 3))
         lowered = _median_seconds(lambda: conv(t_x, t_w, padding=1), 7)
-        direct = _median_seconds(lambda: reference.conv(t_x, t_w, padding=1), 2)
+        direct_s = _median_seconds(lambda: reference.conv(t_x, t_w, padding=1), 2)
         say(f"timing    x {t_x.shape} * weight {t_w.shape}, padding 1, float64, medians")
         say(f"          im2col + GEMM {lowered * 1e3:6.1f} ms   direct loops (reference) "
-            f"{direct * 1e3:6.1f} ms   ratio {direct / lowered:.1f}x")
+            f"{direct_s * 1e3:6.1f} ms   ratio {direct_s / lowered:.1f}x")
     say()
     say("every result agrees with the direct reference and finite differences" if ok
         else "MISMATCH")
@@ -1049,7 +1058,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentP
 
 def _value_options(parser: argparse.ArgumentParser) -> set:
     """Every option string (of the parser and its subcommands) that takes a value."""
-    options = set()
+    options: set = set()
     for p in [parser, *_subparsers(parser).values()]:
         for action in p._actions:
             if action.option_strings and action.nargs != 0:

@@ -226,7 +226,7 @@ def _rank(kernel_size: Any, ndim: Any) -> int:
 def _padding_attribute(padding: Any, rank: int, allow_same: bool) -> PaddingArg:
     """Validate ``padding``; keep strings, symmetric padding as r ints, else r pairs."""
     pairs = parse_padding(padding, rank, allow_same)
-    if isinstance(padding, str):
+    if isinstance(padding, str) or isinstance(pairs, str):
         return padding
     if all(before == after for before, after in pairs):
         return tuple(before for before, _ in pairs)
@@ -577,8 +577,9 @@ class _ConvLayer:
         values = {name: self._checked(name, state_dict[key], f"state_dict[{key!r}]")
                   for key, (name, _) in expected.items() if key in state_dict}
         for name, value in values.items():
-            np.copyto(self._weight if name == "weight" else self._bias, value,
-                      casting="same_kind")
+            target = self._weight if name == "weight" else self._bias
+            if target is not None:
+                np.copyto(target, value, casting="same_kind")
         return IncompatibleKeys(missing, unexpected)
 
     def _load_hint(self, state_dict: Mapping[str, Any], prefix: str, missing: List[str],
@@ -620,6 +621,9 @@ class _ConvLayer:
         return value
 
     # ---------------------------------------------------------------- passes
+    def forward(self, x: ArrayLike, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - defined by Conv and ConvTranspose
+
     def __call__(self, x: ArrayLike, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(x, *args, **kwargs)
 
@@ -778,8 +782,10 @@ class _ConvLayer:
         grads = conv_backward(dy_array, record.conv_context)
         self._pending.remove(record)
         record.state = "used"
+        if grads.input is None or grads.weight is None:  # pragma: no cover - all are requested
+            raise RuntimeError("conv_backward left out a requested gradient")
         self.grad_weight += grads.weight
-        if self.grad_bias is not None:
+        if self.grad_bias is not None and grads.bias is not None:
             self.grad_bias += grads.bias
         return grads.input
 
@@ -792,7 +798,7 @@ class _ConvLayer:
             f"stride={self.stride}",
         ]
         if isinstance(self.padding, str) or any(
-            p != 0 and p != (0, 0) for p in self.padding
+            p != 0 and p != (0, 0) for p in tuple(self.padding)  # type: ignore[arg-type]
         ):
             parts.append(f"padding={self.padding!r}")
         if any(d != 1 for d in self.dilation):
@@ -935,8 +941,9 @@ class Conv(_ConvLayer):
 
     def _run(self, x: ArrayLike, keep: bool, **kwargs: Any
              ) -> Tuple[np.ndarray, Optional[ConvContext]]:
-        geometry = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                        groups=self.groups, padding_mode=self.padding_mode)
+        geometry: Dict[str, Any] = dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation,
+            groups=self.groups, padding_mode=self.padding_mode)
         if not keep:
             return conv(x, self._weight, self._bias, **geometry), None
         return conv_forward(x, self._weight, self._bias, **geometry)
@@ -1140,10 +1147,10 @@ class ConvTranspose(_ConvLayer):
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         output_padding = self.output_padding if output_size is None else 0
-        geometry = dict(stride=self.stride, padding=self.padding,
-                        output_padding=output_padding, dilation=self.dilation,
-                        groups=self.groups, output_size=output_size,
-                        padding_mode=self.padding_mode)
+        geometry: Dict[str, Any] = dict(
+            stride=self.stride, padding=self.padding, output_padding=output_padding,
+            dilation=self.dilation, groups=self.groups, output_size=output_size,
+            padding_mode=self.padding_mode)
         if not keep:
             return conv_transpose(x, self._weight, self._bias, **geometry), None
         return conv_transpose_forward(x, self._weight, self._bias, **geometry)
