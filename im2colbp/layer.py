@@ -31,8 +31,8 @@ layer or one already used). Each forward is back-propagated at most once;
 to back-propagate one forward twice use the functional API
 (:func:`im2colbp.conv_forward` / :func:`im2colbp.conv_backward`).
 
-Pending contexts hold a reference to their input (and, when small, its
-column matrix), so they are bounded: forwards under :func:`no_grad` keep
+Pending contexts hold what backward needs — a copy of the weight and of the
+input (or, when small, its column matrix) — so they are bounded: forwards under :func:`no_grad` keep
 no context (inference, evaluation), :meth:`~Conv.clear_contexts` drops the
 pending ones, and a forward beyond ``layer.max_pending`` (default 256)
 pending contexts is refused with an error that says so — an inference loop
@@ -139,8 +139,8 @@ def _grad_enabled() -> bool:
 def no_grad() -> Iterator[None]:
     """Within this block (in this thread), layer forwards keep no context.
 
-    For inference and evaluation: nothing is kept for backward (no reference
-    to the input, no column matrix), so a loop over many batches uses no
+    For inference and evaluation: nothing is kept for backward (no copy of
+    the input or the weight, no column matrix), so a loop over many batches uses no
     memory beyond each call, and the layers' ``pending`` contexts do not
     grow. A ``backward`` needs a forward made outside the block. Works as a
     decorator too. Like ``torch.no_grad``.
@@ -639,8 +639,8 @@ class _ConvLayer:
         if limit is not None and len(self._pending) >= limit:
             raise ValueError(
                 f"{type(self).__name__}.forward: {len(self._pending)} forward passes are "
-                f"already waiting for backward (layer.max_pending = {limit}); each keeps its "
-                "input alive. For inference run the forwards under "
+                f"already waiting for backward (layer.max_pending = {limit}); each holds a "
+                "copy of its input and of the weight. For inference run the forwards under "
                 "`with im2colbp.layer.no_grad():`, call backward for each forward, or drop "
                 "them with layer.clear_contexts(); for longer unrolled graphs raise "
                 "layer.max_pending"
@@ -875,10 +875,10 @@ class Conv(_ConvLayer):
     -----
     Forward returns ``(N, C_out, *O)`` (``(C_out, *O)`` for unbatched input)
     with ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``. Each
-    forward keeps a context with references to x and to ``weight`` (and the
-    column matrix when it is small): modify neither in place between
-    forward and backward (update the weights after backward, as optimisers
-    do). Backward consumes the pending forwards last-in, first-out, or the
+    forward keeps a context with copies of what backward needs (the weight,
+    and x or its column matrix): backward computes the gradients at the point
+    that forward evaluated, even when the weights are updated in between (as
+    optimisers do). Backward consumes the pending forwards last-in, first-out, or the
     one given as ``ctx=`` (see the module docstring: weight sharing); under
     :func:`no_grad` forwards keep nothing. float16 input is computed and
     returned in float32.

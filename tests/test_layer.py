@@ -898,3 +898,22 @@ def test_huge_layers_are_refused_before_allocating():
     assert "RLIMIT_AS" in lines["over-the-cap"]
     assert lines["under-the-cap"] == "ok"
     assert lines["small"] == "(1, 64, 6, 6)"
+
+
+def test_each_pending_forward_is_differentiated_at_its_own_weights():
+    """An update between two forwards (e.g. truncated BPTT with a step in between)."""
+    layer = Conv1d(2, 3, 3, padding=1, dtype=np.float64, rng=0)
+    kw = _conv_kwargs(layer)
+    x1, x2 = _normal((2, 2, 6), 1), _normal((2, 2, 6), 2)
+    w1 = layer.weight.copy()
+    y1 = layer(x1)
+    layer.weight -= 0.5  # in place, as an optimiser does
+    w2 = layer.weight.copy()
+    y2 = layer(x2)
+    dy1, dy2 = _normal(y1.shape, 3), _normal(y2.shape, 4)
+    dx2 = layer.backward(dy2)
+    dx1 = layer.backward(dy1)
+    np.testing.assert_allclose(dx1, reference.conv_grad_input(dy1, w1, x1.shape, **kw),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx2, reference.conv_grad_input(dy2, w2, x2.shape, **kw),
+                               rtol=1e-12, atol=1e-12)
