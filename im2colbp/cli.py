@@ -1118,6 +1118,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 mismatch, 2 bad arguments)."""
     parser = build_parser()
     argv = _join_negative_values(parser, list(sys.argv[1:] if argv is None else argv))
+    commands = _subparsers(parser)
+    before_command = []
+    for token in argv:
+        if token in commands:
+            break
+        before_command.append(token)
+    main_options = [option for action in parser._actions for option in action.option_strings]
+    if not any(token in ("-h", "--help", "--version") for token in before_command):
+        strays = [token for token in before_command if token.split("=", 1)[0] not in main_options]
+        if strays:  # reported as unknown, not as a missing COMMAND
+            print(_unknown_arguments(parser, argparse.Namespace(), strays), file=sys.stderr)
+            return 2
     try:
         args, extras = parser.parse_known_args(argv)
     except SystemExit as stop:  # --help / --version (0), or a usage error printed (2)

@@ -325,6 +325,8 @@ def test_python_dash_m(argv, status):
      "unknown option --wieght; did you mean --weight?"),
     (["check", *GEOMETRY, "--sed", "1"], "unknown option --sed; did you mean --seed?"),
     (["explain", *GEOMETRY, "--frobnicate"], "unknown option --frobnicate (see"),
+    (["--verison"], "unknown option --verison; did you mean --version?"),
+    (["--bogus", "explain", *GEOMETRY], "unknown option --bogus (see 'im2colbp --help')"),
     (["explain", *GEOMETRY, "stray"], "unexpected argument 'stray'"),
     (["explain", "--weight", "2x3x3x3"], "required: --input"),
     (["explain", *GEOMETRY, "--output-padding", "1"], "add --transposed"),
@@ -348,7 +350,8 @@ def test_bad_arguments_are_one_line_and_status_2(capsys, monkeypatch, argv, mess
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and message in err, err
-    assert err.startswith(f"im2colbp {argv[0]}: error:")
+    prog = "im2colbp" if argv[0].startswith("-") else f"im2colbp {argv[0]}"
+    assert err.startswith(f"{prog}: error:")
 
 
 def test_bench_plot_without_matplotlib_stops_before_any_work(capsys, monkeypatch):
