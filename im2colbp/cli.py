@@ -1022,7 +1022,8 @@ def _add_bench(commands: Any) -> None:
                 raise BadArguments(f"--{option} {path}: the folder {folder} does not exist")
         if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
             raise BadArguments("--plot needs matplotlib, and "
-                               + _install_hint("matplotlib", "matplotlib>=3.6", "figures"))
+                               + _install_hint("matplotlib", "matplotlib>=3.6", "figures")
+                               + "; the extra 'bench' brings it with threadpoolctl")
         return int(benchmark.run(args))
 
     parser.set_defaults(handler=run)

@@ -530,3 +530,19 @@ def test_demo_marks_padding_not_data_zeros(capsys):
                     assert cell == f"{red[j]:g}", (kh, kw, window)
                 else:
                     assert cell == ".", (kh, kw, window)
+
+
+def test_the_readmes_commands_run(capsys):
+    """Every `.venv/bin/im2colbp ...` command of the README (but the benchmark) exits 0."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"`\.venv/bin/im2colbp ([^`]+)`", text)
+    assert len(commands) >= 5
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[0] == "bench":
+            continue
+        code, _, err = run(capsys, *argv)
+        assert code == 0 and err == "", command
