@@ -865,6 +865,11 @@ class Conv(_ConvLayer):
     bias : ndarray, shape (C_out,), or None
     grad_weight, grad_bias : ndarray
         Accumulated gradients, shaped and typed like the parameters.
+    pending : tuple of LayerContext
+        The forwards waiting for backward, oldest first.
+    max_pending : int or None
+        At most this many pending forwards (default 256); one more forward
+        is refused. None: no bound.
 
     See Also
     --------
@@ -1069,6 +1074,9 @@ class ConvTranspose(_ConvLayer):
         PyTorch's transposed layout.
     bias : ndarray, shape (C_out,), or None
     grad_weight, grad_bias : ndarray
+    pending : tuple of LayerContext
+    max_pending : int or None
+        As for :class:`Conv`.
 
     See Also
     --------
