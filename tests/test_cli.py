@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -336,8 +337,9 @@ def test_python_dash_m(argv, status):
       "--output-size", "9x9"], "admissible sizes are 7..8"),
     (["explain", "--input", "1x2x3x3", "--weight", "2x1x3x3", "--transposed",
       "--padding", "same"], "padding='same' is not defined for transposed"),
-    (["bench", "--threads", "0"], "--threads must be a positive int, got 0"),
-    (["bench", "--repeats", "-2"], "--repeats must be a positive int, got -2"),
+    # the benchmark's own parser may refuse these first: either message will do
+    (["bench", "--threads", "0"], re.compile(r"--threads.* a positive int.*got 0")),
+    (["bench", "--repeats", "-2"], re.compile(r"--repeats.* a positive int.*got -2")),
     (["bench", "--json", "/nonexistent-folder/b.json"], "does not exist"),
 ])
 def test_bad_arguments_are_one_line_and_status_2(capsys, monkeypatch, argv, message):
@@ -349,7 +351,8 @@ def test_bad_arguments_are_one_line_and_status_2(capsys, monkeypatch, argv, mess
     monkeypatch.setattr(benchmark, "run_suite", no_work)
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
-    assert len(err.splitlines()) == 1 and message in err, err
+    found = message.search(err) if isinstance(message, re.Pattern) else message in err
+    assert len(err.splitlines()) == 1 and found, err
     prog = "im2colbp" if argv[0].startswith("-") else f"im2colbp {argv[0]}"
     assert err.startswith(f"{prog}: error:")
 
