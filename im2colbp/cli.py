@@ -1,12 +1,18 @@
-"""The ``im2colbp`` command: ``demo``, ``explain`` and ``check``.
+"""The ``im2colbp`` command: ``demo``, ``explain``, ``check`` and ``bench``.
 
 ``python -m im2colbp <command>`` or the ``im2colbp`` console script. Each
 subcommand registers itself in :func:`build_parser` (an ``_add_<name>``
-function that sets a ``handler``), so a new one, such as a benchmark, is one
-more function and one more line there.
+function that sets a ``handler``), so a new one is one more function and one
+more line there. ``explain`` prints a list of sections (:data:`EXPLAIN_SECTIONS`),
+each a function of the parsed geometry, so a new section is one more entry.
 
-Exit status: 0 success, 1 a check found a mismatch, 2 bad arguments (the
-library's message on stderr, no traceback).
+``explain`` and ``check`` take ``--transposed`` (with ``--output-padding`` and
+``--output-size``) for a transposed convolution: ``--weight`` is then in the
+transposed layout ``(C_in, C_out/groups, *K)``.
+
+Exit status: 0 success (also when the reader of a pipe, such as ``| head``,
+stops early), 1 a check found a mismatch, 2 bad arguments: one line on
+stderr with the library's message, no traceback.
 
 Examples
 --------
@@ -22,24 +28,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import importlib.util
 import math
 import os
+import re
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import reference
-from .convolution import conv, conv_backward, conv_forward
+# the public names (not the engine's modules, which may be renamed)
+from . import (
+    __version__,
+    conv,
+    conv_backward,
+    conv_forward,
+    conv_grad_input_by_transposition,
+    conv_transpose,
+    conv_transpose_backward,
+    conv_transpose_forward,
+    get_workspace_limit,
+    reference,
+)
 from .examples import edge_filters, rgb_image
-from .geometry import ConvGeometry, conv_geometry
+from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
+from .layer import _memory_limit
 from .lowering import im2col, pad
-from .transposition import conv_grad_input_by_transposition
 
-__all__ = ["main", "build_parser", "demo", "explain", "check"]
+__all__ = ["main", "build_parser", "demo", "explain", "check", "EXPLAIN_SECTIONS"]
 
 
 class BadArguments(ValueError):
@@ -58,9 +78,16 @@ def _writer(out: Optional[TextIO]) -> Callable[..., None]:
     return say
 
 
-def _max_error(a: np.ndarray, b: np.ndarray) -> float:
-    a64 = np.asarray(a, dtype=np.float64)
-    b64 = np.asarray(b, dtype=np.float64)
+def _present(array: Optional[np.ndarray]) -> np.ndarray:
+    """A gradient that was asked for (never None here)."""
+    if array is None:  # pragma: no cover - every gradient is requested
+        raise RuntimeError("a requested gradient is missing")
+    return array
+
+
+def _max_error(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
+    a64 = np.asarray(_present(a), dtype=np.float64)
+    b64 = np.asarray(_present(b), dtype=np.float64)
     return float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
 
 
@@ -71,17 +98,41 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
-    """A user geometry, validated by :func:`im2colbp.geometry.conv_geometry`."""
+    """A user geometry, validated by :mod:`im2colbp.geometry`.
+
+    For a transposed convolution (``transposed``), ``geometry`` is the forward
+    convolution whose input gradient it is (as
+    :func:`im2colbp.geometry.conv_transpose_geometry` returns it): its
+    *output* has x's shape and its *input* has y's.
+    """
 
     input_shape: Tuple[int, ...]
     weight_shape: Tuple[int, ...]
     bias: bool
-    kwargs: Dict[str, Any]  # stride, padding, dilation, groups, padding_mode as given
+    kwargs: Dict[str, Any]  # the call's keywords as given (stride, padding, ...)
     geometry: ConvGeometry
+    transposed: bool = False
 
     @property
     def bias_shape(self) -> Optional[Tuple[int, ...]]:
-        return (self.weight_shape[0],) if self.bias else None
+        return (self.out_channels,) if self.bias else None
+
+    @property
+    def out_channels(self) -> int:
+        """C_out of the call (of y)."""
+        g = self.geometry
+        return g.in_channels if self.transposed else g.out_channels
+
+    @property
+    def output_shape(self) -> Tuple[int, ...]:
+        """y.shape."""
+        g = self.geometry
+        return g.input_shape if self.transposed else g.output_shape
+
+    @property
+    def conv_kwargs(self) -> Dict[str, Any]:
+        """The keywords of the forward convolution (no output_padding / output_size)."""
+        return {k: v for k, v in self.kwargs.items() if k not in ("output_padding", "output_size")}
 
 
 def _parse_shape(text: str, option: str) -> Tuple[int, ...]:
@@ -131,11 +182,14 @@ def _parse_padding(text: str) -> Any:
 
 def _add_geometry_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("geometry")
-    group.add_argument("--input", required=True, metavar="SHAPE",
-                       help="x.shape, e.g. 1x3x5x5 = (N, C_in, H, W); (C_in, *I) is unbatched")
-    group.add_argument("--weight", required=True, metavar="SHAPE",
-                       help="weight.shape (C_out, C_in/groups, *K), e.g. 2x3x3x3; "
-                       "its rank fixes the spatial rank r")
+    # required, but checked after the unknown options (a typo is reported as such)
+    group.add_argument("--input", metavar="SHAPE",
+                       help="(required) x.shape, e.g. 1x3x5x5 = (N, C_in, H, W); (C_in, *I) is "
+                       "unbatched")
+    group.add_argument("--weight", metavar="SHAPE",
+                       help="(required) weight.shape (C_out, C_in/groups, *K), e.g. 2x3x3x3, or "
+                       "with --transposed (C_in, C_out/groups, *K); its rank fixes the spatial "
+                       "rank r")
     group.add_argument("--stride", default="1", metavar="S", help="int or per axis, e.g. 2 or 2,1")
     group.add_argument("--padding", default="0", metavar="P",
                        help="int, per axis (1,2), before:after pairs (0:1,1:0), 'valid' or 'same'")
@@ -145,32 +199,63 @@ def _add_geometry_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--padding-mode", default="zeros", metavar="MODE",
                        help="zeros, reflect, replicate or circular")
     group.add_argument("--no-bias", action="store_true", help="leave out the bias")
+    group.add_argument("--transposed", action="store_true",
+                       help="a transposed convolution (conv_transpose), the adjoint of the "
+                       "convolution with these arguments")
+    group.add_argument("--output-padding", metavar="OP",
+                       help="with --transposed: int or per axis, 0 <= OP < max(S, D)")
+    group.add_argument("--output-size", metavar="SIZE",
+                       help="with --transposed: the spatial output size wanted, e.g. 10x10 "
+                       "(picks output_padding)")
 
 
 def conv_spec(args: argparse.Namespace) -> ConvSpec:
     """Parse and validate the geometry options; :class:`BadArguments` on any error."""
+    missing = [option for option, value in (("--input", args.input), ("--weight", args.weight))
+               if value is None]
+    if missing:
+        raise BadArguments(f"the following arguments are required: {', '.join(missing)}")
     input_shape = _parse_shape(args.input, "--input")
     weight_shape = _parse_shape(args.weight, "--weight")
     try:
         groups = int(args.groups)
     except ValueError:
         raise BadArguments(f"--groups must be an int, got {args.groups!r}") from None
-    kwargs = dict(
+    kwargs: Dict[str, Any] = dict(
         stride=_parse_ints(args.stride, "--stride"),
         padding=_parse_padding(args.padding),
         dilation=_parse_ints(args.dilation, "--dilation"),
         groups=groups,
         padding_mode=args.padding_mode,
     )
+    transposed = bool(getattr(args, "transposed", False))
+    output_padding = getattr(args, "output_padding", None)
+    output_size = getattr(args, "output_size", None)
+    if not transposed:
+        for option, value in (("--output-padding", output_padding),
+                              ("--output-size", output_size)):
+            if value is not None:
+                raise BadArguments(f"{option} is an argument of a transposed convolution: "
+                                   "add --transposed")
+    else:
+        kwargs["output_padding"] = (0 if output_padding is None
+                                    else _parse_ints(output_padding, "--output-padding"))
+        kwargs["output_size"] = (None if output_size is None
+                                 else _parse_shape(output_size, "--output-size"))
     bias = not args.no_bias
     try:
-        geometry = conv_geometry(
-            input_shape, weight_shape, (weight_shape[0],) if bias and weight_shape else None,
-            **kwargs,
-        )
+        if transposed:
+            if len(weight_shape) >= 2:
+                bias_shape = (weight_shape[1] * max(groups, 1),) if bias else None
+            else:
+                bias_shape = None
+            geometry = conv_transpose_geometry(input_shape, weight_shape, bias_shape, **kwargs)
+        else:
+            bias_shape = (weight_shape[0],) if bias and weight_shape else None
+            geometry = conv_geometry(input_shape, weight_shape, bias_shape, **kwargs)
     except (ValueError, TypeError) as error:
         raise BadArguments(str(error)) from None
-    return ConvSpec(input_shape, weight_shape, bias, kwargs, geometry)
+    return ConvSpec(input_shape, weight_shape, bias, kwargs, geometry, transposed)
 
 
 # --------------------------------------------------------------------------
@@ -181,13 +266,13 @@ _MAP_LIMIT = 200_000  # X_col entries of one sample above which the map is not b
 
 def _abbreviated(indices: Sequence[int], keep_head: int, keep_tail: int) -> List[Optional[int]]:
     """The indices to show, None marking an elision."""
-    indices = list(indices)
-    if len(indices) <= keep_head + keep_tail + 1:
-        return indices
-    return indices[:keep_head] + [None] + indices[-keep_tail:]
+    shown: List[Optional[int]] = list(indices)
+    if len(shown) <= keep_head + keep_tail + 1:
+        return shown
+    return shown[:keep_head] + [None] + shown[-keep_tail:]
 
 
-def _tuple_label(values: Sequence[int]) -> str:
+def _tuple_label(values: Sequence[Any]) -> str:
     return "(" + ",".join(str(v) for v in values) + ")"
 
 
@@ -216,12 +301,14 @@ def _say_column_map(spec: ConvSpec, say: Callable[..., None]) -> None:
     geometry = spec.geometry
     window = geometry.window
     rows = geometry.column_rows
+    matrix = "Y_col" if spec.transposed else "X_col"
     if rows == 0:
-        say("   (no input channels: X_col has no rows)")
+        say(f"   (no {'output' if spec.transposed else 'input'} channels: {matrix} has no rows)")
         return
     elements = geometry.in_channels * math.prod(window.in_size)
     if rows * window.out_volume > _MAP_LIMIT or elements > _MAP_LIMIT:
-        say(f"   (X_col of one sample has {rows} x {window.out_volume} entries and x "
+        what = "y" if spec.transposed else "x"
+        say(f"   ({matrix} of one sample has {rows} x {window.out_volume} entries and {what} "
             f"{elements} elements: too many to map here;")
         say("   give a smaller --input or --weight to see which element lands where)")
         return
@@ -237,8 +324,9 @@ def _say_column_map(spec: ConvSpec, say: Callable[..., None]) -> None:
 
     row_ids = _abbreviated(range(rows), 16, 4)
     col_ids = _abbreviated(range(window.out_volume), 8, 2)
-    row_labels = {r: _tuple_label((r // window.kernel_volume,)
-                                  + np.unravel_index(r % window.kernel_volume, window.kernel_size))
+    row_labels = {r: _tuple_label((r // window.kernel_volume,) + tuple(
+                                      np.unravel_index(r % window.kernel_volume,
+                                                       window.kernel_size)))
                   for r in row_ids if r is not None}
     col_labels = {c: _tuple_label(np.unravel_index(c, window.out_size))
                   for c in col_ids if c is not None}
@@ -262,30 +350,61 @@ def _say_column_map(spec: ConvSpec, say: Callable[..., None]) -> None:
         for c in col_ids:
             line += " " + (f"{'':>{width}}" if c is None else f"{cells[(r, c)]:>{width}}")
         say(line)
-    legend = "entries are c,i_1..i_r of x[n, c, i_1..i_r]"
-    if mode == "zeros":
-        legend += "; '.' is a zero of the padding"
+    if spec.transposed:
+        legend = "entries are c,i_1..i_r of the y[n, c, i_1..i_r] the entry is added into"
+        if mode == "zeros":
+            legend += "; '.' lands in the padding and is cropped away"
+        else:
+            legend += f"; '*': lands in the {mode!r} border and folds back onto that element"
     else:
-        legend += f"; '*' marks a {mode!r} padding copy of that element"
+        legend = "entries are c,i_1..i_r of x[n, c, i_1..i_r]"
+        if mode == "zeros":
+            legend += "; '.' is a zero of the padding"
+        else:
+            legend += f"; '*' marks a {mode!r} padding copy of that element"
     say(f"     {legend}")
 
     if window.rank <= 2 and math.prod(window.in_size) <= 400:
         counts = np.bincount(source[source >= 0].ravel(), minlength=math.prod(element_shape))
         counts = counts.reshape(element_shape)[0]
-        say("   How many X_col entries each element of channel 0 fills (col2im adds that many")
-        say("   terms back into its dx):")
+        if spec.transposed:
+            say("   How many Y_col entries col2im adds into each element of y's channel 0 (and")
+            say("   how many terms its gradient im2col(delta) copies back):")
+        else:
+            say("   How many X_col entries each element of channel 0 fills (col2im adds that many")
+            say("   terms back into its dx):")
         for line in np.atleast_2d(counts):
             say("     " + " ".join(f"{int(v):2d}" for v in line))
 
 
-def _axis_arithmetic(spec: ConvSpec, say: Callable[..., None]) -> None:
-    window = spec.geometry.window
-    tail = ["depth", "height", "width"][3 - min(window.rank, 3):] if window.rank > 1 else ["length"]
-    names = [f"axis {a}" for a in range(window.rank)]
-    for a, name in zip(range(window.rank - len(tail), window.rank), tail):
+def _output_padding(spec: ConvSpec) -> Tuple[int, ...]:
+    """The output_padding per axis of a transposed spec (also when output_size chose it)."""
+    window = spec.geometry.window  # the forward convolution: in_size is y's, out_size x's
+    return tuple(
+        out - ((size - 1) * s - before - after + d * (k - 1) + 1)
+        for out, size, s, (before, after), d, k in zip(
+            window.in_size, window.out_size, window.stride, window.padding, window.dilation,
+            window.kernel_size)
+    )
+
+
+def _axis_names(rank: int) -> List[str]:
+    tail = ["depth", "height", "width"][3 - min(rank, 3):] if rank > 1 else ["length"]
+    names = [f"axis {a}" for a in range(rank)]
+    for a, name in zip(range(rank - len(tail), rank), tail):
         names[a] += f" ({name})"
+    return names
+
+
+def _explain_sizes(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    """The output size per spatial axis, with the numbers put in."""
+    if spec.transposed:
+        _explain_transposed_sizes(spec, say, number)
+        return
+    window = spec.geometry.window
+    names = _axis_names(window.rank)
     same = spec.kwargs["padding"] == "same"
-    say("1. Output size per spatial axis:  "
+    say(f"{number}. Output size per spatial axis:  "
         "O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1")
     for axis in range(window.rank):
         size, k = window.in_size[axis], window.kernel_size[axis]
@@ -312,60 +431,197 @@ def _axis_arithmetic(spec: ConvSpec, say: Callable[..., None]) -> None:
         if unused:
             say(f"      the last {unused} padded sample(s) are never read (stride remainder) "
                 "and get no gradient")
+    say(f"   -> y {spec.output_shape}; L = prod(O) = {window.out_volume} window positions "
+        "per sample")
 
 
-def explain(spec: ConvSpec, out: Optional[TextIO] = None) -> int:
-    """Print the output-size arithmetic, the X_col layout and the three GEMMs of ``spec``."""
-    say = _writer(out)
+def _explain_transposed_sizes(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    window = spec.geometry.window  # the forward convolution: in_size is y's, out_size x's
+    names = _axis_names(window.rank)
+    requested = spec.kwargs.get("output_size")
+    say(f"{number}. Output size per spatial axis:  "
+        "O = (I-1)*S - P_before - P_after + D*(K-1) + output_padding + 1")
+    for axis, op in enumerate(_output_padding(spec)):
+        size, out = window.out_size[axis], window.in_size[axis]
+        k, s, d = window.kernel_size[axis], window.stride[axis], window.dilation[axis]
+        before, after = window.padding[axis]
+        smallest = out - op
+        say(f"   {names[axis]}: I={size} K={k} S={s} D={d} P=({before}, {after}) "
+            f"output_padding={op}")
+        if requested is not None:
+            say(f"      output_size asks for O={out}: output_padding = O - {smallest} = {op} "
+                f"(admissible 0..{max(s, d) - 1})")
+        say(f"      O = ({size}-1)*{s} - {before} - {after} + {d}*{k - 1} + {op} + 1 = {out}")
+        back = (out + before + after - d * (k - 1) - 1) // s + 1
+        say(f"      it is the convolution of a size-{out} input that gives I back: "
+            f"floor(({out} + {before} + {after} - {d}*{k - 1} - 1) / {s}) + 1 = {back}")
+    say(f"   -> y {spec.output_shape}; x has L = prod(I) = {window.out_volume} positions "
+        "per sample")
+
+
+def _explain_lowering(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    """Which element lands in which entry of the column matrix (im2col / col2im)."""
     geometry = spec.geometry
     window = geometry.window
-    n, g = geometry.batch, geometry.groups
-    c_in, c_out = geometry.in_channels, geometry.out_channels
-    rows_g = c_in // g * window.kernel_volume
-    filters_g = c_out // g
-    positions = window.out_volume
-    bias_text = f" + bias {spec.bias_shape}" if spec.bias else " (no bias)"
-    say(f"im2colbp explain: x {spec.input_shape} * weight {spec.weight_shape}{bias_text}")
-    say(f"   spatial rank r = {window.rank}, N = {n}{'' if geometry.batched else ' (unbatched)'}, "
-        f"C_in = {c_in}, C_out = {c_out}, G = {g}, padding_mode {window.padding_mode!r}")
-    say()
-    _axis_arithmetic(spec, say)
-    say(f"   -> y {geometry.output_shape}; L = prod(O) = {positions} window positions per sample")
-    say()
+    g = geometry.groups
     k_text = "*".join(str(k) for k in window.kernel_size)
-    say(f"2. im2col: X_col[n] has C_in*prod(K) = {c_in}*{k_text} = {geometry.column_rows} rows, "
-        f"one per (channel, kernel offset),")
-    say(f"   and L = {positions} columns, one per window position o = (o_1..o_r):")
-    say("   X_col[(c,k), o] = x_padded[n, c, o*S + k*D]")
-    if g > 1:
-        say(f"   groups: the rows form G = {g} blocks of C_in/G*prod(K) = {rows_g}, the filters "
-            f"blocks of C_out/G = {filters_g}")
+    positions = window.out_volume
+    rows_g = geometry.column_rows // g
+    if spec.transposed:
+        say(f"{number}. col2im: Y_col[n] = W^T @ X[n] has C_out*prod(K) = "
+            f"{geometry.in_channels}*{k_text} = {geometry.column_rows} rows, one per (output "
+            "channel, kernel offset),")
+        say(f"   and L = {positions} columns, one per position o = (o_1..o_r) of x; col2im "
+            "adds every entry into y:")
+        say("   y_padded[n, c, o*S + k*D] += Y_col[(c,k), o]   (then the padding is cropped)")
+        if g > 1:
+            say(f"   groups: the rows form G = {g} blocks of C_out/G*prod(K) = {rows_g}, the "
+                f"input channels blocks of C_in/G = {geometry.out_channels // g}")
+    else:
+        say(f"{number}. im2col: X_col[n] has C_in*prod(K) = {geometry.in_channels}*{k_text} = "
+            f"{geometry.column_rows} rows, one per (channel, kernel offset),")
+        say(f"   and L = {positions} columns, one per window position o = (o_1..o_r):")
+        say("   X_col[(c,k), o] = x_padded[n, c, o*S + k*D]")
+        if g > 1:
+            say(f"   groups: the rows form G = {g} blocks of C_in/G*prod(K) = {rows_g}, the "
+                f"filters blocks of C_out/G = {geometry.out_channels // g}")
     _say_column_map(spec, say)
-    say()
-    each = "per sample n" + (" and group g" if g > 1 else "")
-    say(f"3. The three GEMMs, {each}; W is a (C_out/G) x (C_in/G*prod(K)) matrix and")
-    say("   delta = dL/dy a (C_out/G) x L one:")
-    gi, ngi = ("[g]", "[n,g]") if g > 1 else ("", "[n]")
-    table = [
-        ("forward", f"Y{ngi}", (filters_g, positions), f"W{gi}", (filters_g, rows_g),
-         f"X_col{ngi}", (rows_g, positions), "+ b"),
-        ("weight grad", f"dW{gi}", (filters_g, rows_g), f"delta{ngi}", (filters_g, positions),
-         f"X_col{ngi}^T", (positions, rows_g), "summed over n"),
-        ("input grad", f"dX_col{ngi}", (rows_g, positions), f"W{gi}^T", (rows_g, filters_g),
-         f"delta{ngi}", (filters_g, positions), ""),
-    ]
-    cells = [[f"{name} ({a} x {b})" for name, (a, b) in ((r[1], r[2]), (r[3], r[4]), (r[5], r[6]))]
+
+
+def _say_gemm_table(table: List[Tuple[Any, ...]], say: Callable[..., None]) -> int:
+    cells = [[f"{name} ({a} x {b})" for name, (a, b) in ((r[1], r[2]), (r[3], r[4]),
+                                                            (r[5], r[6]))]
              for r in table]
     widths = [max(len(row[i]) for row in cells) for i in range(3)]
     for row, cell in zip(table, cells):
         say(f"   {row[0]:<13}{cell[0]:<{widths[0]}} = {cell[1]:<{widths[1]}} @ "
             f"{cell[2]:<{widths[2]}}  {row[7]}".rstrip())
-    say(f"   {'':<13}then dx[n] = col2im(dX_col[n]): scatter-add, the adjoint of im2col")
-    say(f"   {'bias grad':<13}{f'db ({c_out},)':<{widths[0]}} = delta summed over n and the "
-        f"{positions} positions")
+    return widths[0]
+
+
+def _explain_gemms(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    """The three GEMMs (forward, weight gradient, input gradient) and the bias gradient."""
+    geometry = spec.geometry
+    window = geometry.window
+    n, g = geometry.batch, geometry.groups
+    rows_g = geometry.column_rows // g
+    filters_g = geometry.out_channels // g  # C_out/G of the forward convolution
+    positions = window.out_volume
+    each = "per sample n" + (" and group g" if g > 1 else "")
+    gi, ngi = ("[g]", "[n,g]") if g > 1 else ("", "[n]")
+    c_out = spec.out_channels
+    if spec.transposed:
+        out_positions = math.prod(window.in_size)
+        say(f"{number}. The three GEMMs, {each}; W is a (C_in/G) x (C_out/G*prod(K)) matrix, "
+            "x a (C_in/G) x L one,")
+        say("   delta = dL/dy, and delta_col = im2col(delta) is laid out as X_col of the "
+            "convolution:")
+        table = [
+            ("forward", f"Y_col{ngi}", (rows_g, positions), f"W{gi}^T", (rows_g, filters_g),
+             f"X{ngi}", (filters_g, positions), ""),
+            ("weight grad", f"dW{gi}", (filters_g, rows_g), f"X{ngi}", (filters_g, positions),
+             f"delta_col{ngi}^T", (positions, rows_g), "summed over n"),
+            ("input grad", f"dX{ngi}", (filters_g, positions), f"W{gi}", (filters_g, rows_g),
+             f"delta_col{ngi}", (rows_g, positions), "(the convolution of delta)"),
+        ]
+        width = _say_gemm_table(table, say)
+        plus = " + b" if spec.bias else ""
+        say(f"   {'':<13}and y[n] = col2im(Y_col[n]){plus}: scatter-add, the adjoint of im2col")
+    else:
+        out_positions = positions
+        say(f"{number}. The three GEMMs, {each}; W is a (C_out/G) x (C_in/G*prod(K)) matrix and")
+        say("   delta = dL/dy a (C_out/G) x L one:")
+        table = [
+            ("forward", f"Y{ngi}", (filters_g, positions), f"W{gi}", (filters_g, rows_g),
+             f"X_col{ngi}", (rows_g, positions), "+ b" if spec.bias else ""),
+            ("weight grad", f"dW{gi}", (filters_g, rows_g), f"delta{ngi}", (filters_g, positions),
+             f"X_col{ngi}^T", (positions, rows_g), "summed over n"),
+            ("input grad", f"dX_col{ngi}", (rows_g, positions), f"W{gi}^T", (rows_g, filters_g),
+             f"delta{ngi}", (filters_g, positions), ""),
+        ]
+        width = _say_gemm_table(table, say)
+        say(f"   {'':<13}then dx[n] = col2im(dX_col[n]): scatter-add, the adjoint of im2col")
+    if spec.bias:
+        say(f"   {'bias grad':<13}{f'db ({c_out},)':<{width}} = delta summed over n and the "
+            f"{out_positions} positions")
+    else:
+        say(f"   {'':<13}(no bias, so no gradient for it)")
     macs = n * g * filters_g * rows_g * positions
     say(f"   each GEMM: {n} sample(s) x {g} group(s) x {filters_g}*{rows_g}*{positions} "
         f"= {macs:,} multiply-adds")
+
+
+def _bytes_text(nbytes: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _explain_memory(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    """What the arrays and the column matrix take, and how the batch is chunked."""
+    geometry = spec.geometry
+    itemsize = 4
+    matrix = "Y_col" if spec.transposed else "X_col"
+    sample = geometry.column_rows * geometry.window.out_volume
+    batch = geometry.batch
+    say(f"{number}. Memory in float32 (float64 doubles every number):")
+    say(f"   x {_bytes_text(math.prod(spec.input_shape) * itemsize)}, "
+        f"y {_bytes_text(math.prod(spec.output_shape) * itemsize)}, "
+        f"weight {_bytes_text(math.prod(spec.weight_shape) * itemsize)}")
+    say(f"   {matrix} of one sample: {geometry.column_rows} x {geometry.window.out_volume} = "
+        f"{sample:,} entries, {_bytes_text(sample * itemsize)}; of the batch (N={batch}): "
+        f"{_bytes_text(batch * sample * itemsize)}")
+    limit = get_workspace_limit()
+    sample_bytes = sample * itemsize
+    per_chunk = max(1, min(batch, limit // sample_bytes)) if sample_bytes else max(batch, 1)
+    chunks = -(-batch // per_chunk) if batch else 0
+    say(f"   the engine lowers the batch in chunks whose columns fit the workspace limit "
+        f"({_bytes_text(limit)}, ib.workspace_limit):")
+    say(f"   {per_chunk} sample(s) per chunk, {chunks} chunk(s); one sample's columns are the "
+        "least a call needs")
+    memory, what = _memory_limit()
+    needed = sample_bytes + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
+    if memory is not None and needed > memory:
+        say(f"   this needs at least {_bytes_text(needed)}: more than {what} "
+            f"({_bytes_text(memory)}), so the call cannot run here")
+
+
+#: The numbered sections of ``explain``, in order: ``(spec, say, number) -> None``.
+EXPLAIN_SECTIONS: List[Callable[[ConvSpec, Callable[..., None], int], None]] = [
+    _explain_sizes,
+    _explain_lowering,
+    _explain_gemms,
+    _explain_memory,
+]
+
+
+def explain(spec: ConvSpec, out: Optional[TextIO] = None) -> int:
+    """Print the output-size arithmetic, the column layout, the GEMMs and the memory of ``spec``.
+
+    Nothing of the size of the geometry is allocated (the column map is
+    built only for small geometries), so huge geometries are explained too.
+    """
+    say = _writer(out)
+    geometry = spec.geometry
+    window = geometry.window
+    bias_text = f" + bias {spec.bias_shape}" if spec.bias else " (no bias)"
+    c_in = geometry.out_channels if spec.transposed else geometry.in_channels
+    if spec.transposed:
+        say(f"im2colbp explain: transposed convolution of x {spec.input_shape} with weight "
+            f"{spec.weight_shape}{bias_text}")
+    else:
+        say(f"im2colbp explain: x {spec.input_shape} * weight {spec.weight_shape}{bias_text}")
+    say(f"   spatial rank r = {window.rank}, N = {geometry.batch}"
+        f"{'' if geometry.batched else ' (unbatched)'}, C_in = {c_in}, "
+        f"C_out = {spec.out_channels}, G = {geometry.groups}, "
+        f"padding_mode {window.padding_mode!r}")
+    if spec.transposed:
+        say("   the adjoint of the convolution z -> conv(z, weight) that maps y's shape to x's:")
+        say("   y = col2im(W^T @ x), the input-gradient pass of that convolution with x as delta")
+    for number, section in enumerate(EXPLAIN_SECTIONS, start=1):
+        say()
+        section(spec, say, number)
     return 0
 
 
@@ -381,7 +637,7 @@ _TOLERANCE = {np.dtype(np.float64): (1e-10, 1e-6), np.dtype(np.float32): (1e-4, 
 def _check_size(spec: ConvSpec) -> None:
     geometry = spec.geometry
     positions = geometry.window.out_volume * geometry.groups
-    elements = max(math.prod(spec.input_shape), math.prod(geometry.output_shape),
+    elements = max(math.prod(spec.input_shape), math.prod(spec.output_shape),
                    math.prod(spec.weight_shape))
     if positions > _CHECK_POSITIONS or elements > _CHECK_ELEMENTS:
         raise BadArguments(
@@ -392,16 +648,65 @@ def _check_size(spec: ConvSpec) -> None:
         )
 
 
-def _finite_difference_error(f, point, analytic, dy, seed) -> Tuple[float, str]:
+def _finite_difference_error(f: Callable[[np.ndarray], np.ndarray], point: np.ndarray,
+                             analytic: np.ndarray, dy: np.ndarray, seed: int
+                             ) -> Tuple[float, str]:
     """Relative error of ``analytic`` against finite differences of ``f`` at ``point``."""
     if point.size <= _FULL_FD_LIMIT:
         numeric = numerical_gradient(f, point, dy)
         return max_relative_error(analytic, numeric), f"full ({point.size})"
     worst = 0.0
     for trial in range(3):
-        numeric, value = directional_derivative_check(f, point, analytic, dy, rng=seed + trial)
-        worst = max(worst, abs(numeric - value) / max(abs(numeric), abs(value), 1e-300))
+        along, value = directional_derivative_check(f, point, analytic, dy, rng=seed + trial)
+        worst = max(worst, abs(along - value) / max(abs(along), abs(value), 1e-300))
     return worst, "3 directions"
+
+
+def _conv_oracles(spec: ConvSpec, x64: np.ndarray, w64: np.ndarray, b64: Optional[np.ndarray],
+                  dy64: np.ndarray) -> List[Tuple[str, np.ndarray, Any]]:
+    """(name, reference value, finite-difference map and point) of a convolution."""
+    kw = spec.kwargs
+    batched_dy64 = dy64 if spec.geometry.batched else dy64[None]
+    oracles: List[Tuple[str, np.ndarray, Any]] = [
+        ("y", reference.conv(x64, w64, b64, **kw), None),
+        ("dx", reference.conv_grad_input(dy64, w64, x64.shape, **kw),
+         (lambda v: conv(v, w64, b64, **kw), x64)),
+        ("dW", reference.conv_grad_weight(dy64, x64, w64.shape, **kw),
+         (lambda v: conv(x64, v, b64, **kw), w64)),
+    ]
+    if b64 is not None:
+        oracles.append(("db", reference.conv_grad_bias(batched_dy64),
+                        (lambda v: conv(x64, w64, v, **kw), b64)))
+    return oracles
+
+
+def _transposed_oracles(spec: ConvSpec, x64: np.ndarray, w64: np.ndarray,
+                        b64: Optional[np.ndarray], dy64: np.ndarray
+                        ) -> List[Tuple[str, np.ndarray, Any]]:
+    """The same for a transposed convolution, from the reference's convolution.
+
+    The transposed convolution is the adjoint of ``z -> conv(z, w)``: its dx
+    is ``conv(δ, w)`` (cropped to x's size when output_padding >= stride),
+    its dW the convolution's weight gradient with δ as the input and x as the
+    output gradient (zero beyond x's size).
+    """
+    kw, conv_kw = spec.kwargs, spec.conv_kwargs
+    in_size = spec.geometry.window.out_size  # x's spatial size
+    full = reference.conv(dy64, w64, **conv_kw)  # the convolution of δ, maybe larger than x
+    crop = (Ellipsis,) + tuple(slice(0, size) for size in in_size)
+    grown = np.zeros(full.shape)
+    grown[crop] = x64  # x as that convolution's output gradient, zero beyond x's size
+    batched_dy64 = dy64 if spec.geometry.batched else dy64[None]
+    oracles: List[Tuple[str, np.ndarray, Any]] = [
+        ("y", reference.conv_transpose(x64, w64, b64, **kw), None),
+        ("dx", full[crop], (lambda v: conv_transpose(v, w64, b64, **kw), x64)),
+        ("dW", reference.conv_grad_weight(grown, dy64, w64.shape, **conv_kw),
+         (lambda v: conv_transpose(x64, v, b64, **kw), w64)),
+    ]
+    if b64 is not None:
+        oracles.append(("db", reference.conv_grad_bias(batched_dy64),
+                        (lambda v: conv_transpose(x64, w64, v, **kw), b64)))
+    return oracles
 
 
 def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
@@ -411,9 +716,9 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
     Random data (``seed``) in ``dtype``. Oracles, in float64 on the same
     values: :mod:`im2colbp.reference` for y, dx, dW and db; central
     differences of the forward map (whole gradient for arrays up to 1,500
-    elements, else three random directional derivatives); and, when this
-    version has it, the channel-transposition route for dx. Errors are
-    ``max|ours - oracle| / max|oracle|``.
+    elements, else three random directional derivatives); and the
+    channel-transposition route (for dx of a convolution, for y of a
+    transposed one). Errors are ``max|ours - oracle| / max|oracle|``.
 
     Returns 0 when every error is within tolerance, 1 otherwise.
     """
@@ -425,19 +730,25 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
     x = rng.standard_normal(spec.input_shape).astype(dtype)
     w = rng.standard_normal(spec.weight_shape).astype(dtype)
     b = rng.standard_normal(spec.bias_shape).astype(dtype) if spec.bias else None
-    y, ctx = conv_forward(x, w, b, **kw)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = conv_backward(dy, ctx)
+    if spec.transposed:
+        y, ctx = conv_transpose_forward(x, w, b, **kw)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        grads = conv_transpose_backward(dy, ctx)
+    else:
+        y, ctx = conv_forward(x, w, b, **kw)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        grads = conv_backward(dy, ctx)
     # float64 copies of exactly the same values: the oracle's inputs
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
     b64 = None if b is None else b.astype(np.float64)
-    batched_dy64 = dy64 if spec.geometry.batched else dy64[None]
 
-    say(f"im2colbp check: x {spec.input_shape}, weight {spec.weight_shape}, "
+    what = "conv_transpose" if spec.transposed else "conv"
+    say(f"im2colbp check: {what}, x {spec.input_shape}, weight {spec.weight_shape}, "
         f"{'bias ' + str(spec.bias_shape) if spec.bias else 'no bias'}, {dtype.name}, seed {seed}")
     window = spec.geometry.window
-    say(f"   stride {window.stride}, padding {window.padding}, dilation {window.dilation}, "
-        f"groups {spec.geometry.groups},")
+    extra = f" output_padding {_output_padding(spec)}," if spec.transposed else ""
+    say(f"   stride {window.stride}, padding {window.padding}, dilation {window.dilation},"
+        f"{extra} groups {spec.geometry.groups},")
     say(f"   padding_mode {window.padding_mode!r} -> y {y.shape}")
     say(f"   error = max|ours - oracle| / max|oracle|; tolerance {ref_tol:g} vs the direct "
         f"reference,")
@@ -445,18 +756,13 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
     say()
     say(f"   {'':<5}{'shape':<18}{'dtype':<9}{'vs reference':>13}{'vs finite diff':>16}"
         "  (finite differences in float64)")
-    checks = [
-        ("y", y, reference.conv(x64, w64, b64, **kw), None),
-        ("dx", grads.input, reference.conv_grad_input(dy64, w64, x.shape, **kw),
-         (lambda v: conv(v, w64, b64, **kw), x64)),
-        ("dW", grads.weight, reference.conv_grad_weight(dy64, x64, w.shape, **kw),
-         (lambda v: conv(x64, v, b64, **kw), w64)),
-    ]
-    if spec.bias:
-        checks.append(("db", grads.bias, reference.conv_grad_bias(batched_dy64),
-                       (lambda v: conv(x64, w64, v, **kw), b64)))
+    oracles = (_transposed_oracles if spec.transposed else _conv_oracles)(spec, x64, w64, b64,
+                                                                          dy64)
+    ours_by_name = {"y": y, "dx": grads.input, "dW": grads.weight, "db": grads.bias}
+    ours: np.ndarray
     ok = True
-    for index, (name, ours, expected, fd) in enumerate(checks):
+    for index, (name, expected, fd) in enumerate(oracles):
+        ours = _present(ours_by_name[name])
         err_ref = max_relative_error(ours, expected)
         good = err_ref <= ref_tol and ours.dtype == dtype and ours.shape == expected.shape
         fd_text, how = f"{'-':>16}", ""
@@ -469,12 +775,23 @@ def check(spec: ConvSpec, *, dtype: Any = np.float64, seed: int = 0,
         flag = "" if good else "   <-- MISMATCH"
         say(f"   {name:<5}{str(ours.shape):<18}{ours.dtype.name:<9}{err_ref:13.1e}{fd_text}"
             f"  {how}{flag}")
-    dx_t = conv_grad_input_by_transposition(dy, w, x.shape, **kw)
-    err = max_relative_error(dx_t, grads.input)
+    conv_kw = spec.conv_kwargs
+    if spec.transposed:
+        # the transposed convolution is the convolution's input gradient with x as δ
+        # (x zero-extended to that convolution's output size when output_padding >= stride)
+        grown = np.zeros(conv_geometry(y.shape, w.shape, **conv_kw).output_shape, dtype)
+        grown[(Ellipsis,) + tuple(slice(0, n) for n in window.out_size)] = x
+        y_t = conv_grad_input_by_transposition(grown, w, y.shape, **conv_kw)
+        ours_y = y if b is None else conv_transpose(x, w, None, **kw)
+        err = max_relative_error(y_t, ours_y)
+        text = "y (no bias) by channel transposition (zero-insert x, pad, flipped swapped W)"
+    else:
+        dx_t = conv_grad_input_by_transposition(dy, w, x.shape, **conv_kw)
+        err = max_relative_error(dx_t, _present(grads.input))
+        text = "dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx"
     good = err <= ref_tol
     ok = ok and good
-    say(f"   dx by channel transposition (zero-insert, pad, flipped swapped W) vs dx: "
-        f"{err:.1e}{'' if good else '   <-- MISMATCH'}")
+    say(f"   {text}: {err:.1e}{'' if good else '   <-- MISMATCH'}")
     say()
     say("OK: forward and every gradient agree" if ok else "MISMATCH: see the marked rows")
     return 0 if ok else 1
@@ -506,7 +823,7 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
     image = rgb_image(5)
     x = np.stack([image, image[:, ::-1, :]])  # N=2: the image and its upside-down copy
     weight, bias = edge_filters()
-    kw = dict(stride=2, padding=1)
+    kw: Dict[str, Any] = dict(stride=2, padding=1)
     size = x.shape[2]
     c_out, k = weight.shape[0], weight.shape[2]
 
@@ -522,12 +839,15 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
     say(f"geometry  S=2, P=1:  O = floor((I + 2P - K) / S) + 1 "
         f"= floor(({size} + 2 - {k}) / 2) + 1 = 3")
     cols = im2col(x, k, **kw)
+    inside = im2col(np.ones_like(x), k, **kw) > 0  # False where a window reads the padding
     say()
     say(f"im2col    X_col {cols.shape} = (N, C_in*K*K, O*O): one row per kernel tap (c, kh, kw),")
-    say("          one column per window; image 0, the red rows (zeros are padding):")
+    say("          one column per window; image 0, the red rows ('.' is padding; a 0 is red's")
+    say("          first column, whose value is 0):")
     for r in range(k * k):
         kh, kw_ = divmod(r, k)
-        say(f"            (0,{kh},{kw_}) " + " ".join(f"{v:3g}" for v in cols[0, r]))
+        say(f"            (0,{kh},{kw_}) " + " ".join(
+            f"{v:3g}" if inside[0, r, c] else "  ." for c, v in enumerate(cols[0, r])))
     say(f"            ... {cols.shape[1] - k * k} more rows for green and blue")
     y, ctx = conv_forward(x, weight, bias, **kw)
     w_matrix = weight.reshape(c_out, -1)
@@ -554,10 +874,10 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         f"({c_out} x {cols.shape[2]}) = ({cols.shape[1]} x {cols.shape[2]}) -> {x.shape[1:]}")
     say(f"          db = sum of delta over n and the {cols.shape[2]} positions -> ({c_out},)")
     say("          delta[0, 0]                 dX[0, 0], red: even columns see only Sobel-x's 0s")
-    delta_rows, dx_rows = _grid(dy[0, 0]), _grid(grads.input[0, 0])
+    delta_rows, dx_rows = _grid(dy[0, 0]), _grid(_present(grads.input)[0, 0])
     for i, row in enumerate(dx_rows):
-        left = delta_rows[i] if i < len(delta_rows) else ""
-        say(f"            {left:<26}{row}")
+        delta_row = delta_rows[i] if i < len(delta_rows) else ""
+        say(f"            {delta_row:<26}{row}")
     checks = [
         ("y", y, reference.conv(x, weight, bias, **kw), None),
         ("dW", grads.weight, reference.conv_grad_weight(dy, x, weight.shape, **kw),
@@ -574,7 +894,7 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         err_numeric = None if numeric is None else _max_error(ours, numeric)
         worst = max(worst, err_direct, err_numeric or 0.0)
         numeric_text = f"{'-':>16}" if err_numeric is None else f"{err_numeric:16.1e}"
-        say(f"          {name:4}{str(ours.shape):<16}{err_direct:10.1e}{numeric_text}")
+        say(f"          {name:4}{str(_present(ours).shape):<16}{err_direct:10.1e}{numeric_text}")
     dx_t = conv_grad_input_by_transposition(dy, weight, x.shape, **kw)
     err = _max_error(dx_t, grads.input)
     worst = max(worst, err)
@@ -588,10 +908,10 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
         t_x = np.random.default_rng(1).standard_normal((8, 16, 32, 32))
         t_w = np.random.default_rng(2).standard_normal((32, 16, 3, 3))
         lowered = _median_seconds(lambda: conv(t_x, t_w, padding=1), 7)
-        direct = _median_seconds(lambda: reference.conv(t_x, t_w, padding=1), 2)
+        direct_s = _median_seconds(lambda: reference.conv(t_x, t_w, padding=1), 2)
         say(f"timing    x {t_x.shape} * weight {t_w.shape}, padding 1, float64, medians")
         say(f"          im2col + GEMM {lowered * 1e3:6.1f} ms   direct loops (reference) "
-            f"{direct * 1e3:6.1f} ms   ratio {direct / lowered:.1f}x")
+            f"{direct_s * 1e3:6.1f} ms   ratio {direct_s / lowered:.1f}x")
     say()
     say("every result agrees with the direct reference and finite differences" if ok
         else "MISMATCH")
@@ -602,6 +922,14 @@ def demo(out: Optional[TextIO] = None, *, timing: bool = True) -> int:
 # the parser: one _add_<command> per subcommand
 # --------------------------------------------------------------------------
 _FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``<prog>: error: <message> (see '<prog> --help')``."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _add_demo(commands: Any) -> None:
@@ -619,13 +947,17 @@ def _add_demo(commands: Any) -> None:
 
 def _add_explain(commands: Any) -> None:
     parser = commands.add_parser(
-        "explain", help="output sizes, the X_col layout and the GEMMs of a geometry",
-        description="For a small geometry: the output-size arithmetic step by step per axis,\n"
-        "which input element lands in which X_col entry, and the three GEMMs with their shapes.",
+        "explain", help="output sizes, the X_col layout, the GEMMs and the memory of a geometry",
+        description="For a geometry: the output-size arithmetic step by step per axis, which\n"
+        "input element lands in which X_col entry (for a small one), the three GEMMs with their\n"
+        "shapes, and the memory the lowering needs. --transposed explains a transposed\n"
+        "convolution: which entry of W^T @ x col2im adds into which output element.",
         epilog="examples:\n"
         "  im2colbp explain --input 1x3x5x5 --weight 2x3x3x3 --stride 2 --padding 1\n"
         "  im2colbp explain --input 1x4x6 --weight 4x2x3 --groups 2 --padding same\n"
-        "  im2colbp explain --input 1x1x4x4 --weight 1x1x3x3 --padding 1 --padding-mode reflect",
+        "  im2colbp explain --input 1x1x4x4 --weight 1x1x3x3 --padding 1 --padding-mode reflect\n"
+        "  im2colbp explain --input 1x2x3x3 --weight 2x1x3x3 --stride 2 --padding 1 "
+        "--transposed --output-padding 1",
         formatter_class=_FORMATTER,
     )
     _add_geometry_options(parser)
@@ -637,24 +969,35 @@ def _add_check(commands: Any) -> None:
         "check", help="forward and every gradient vs the reference and finite differences",
         description="Run the forward pass and every gradient (dx, dW, db) on random data and\n"
         "compare them with the direct reference and with finite differences; print the max\n"
-        "errors. Exit status 1 on a mismatch, 2 on bad arguments.",
+        "errors. --transposed checks a transposed convolution. Exit status 1 on a mismatch,\n"
+        "2 on bad arguments.",
         epilog="examples:\n"
         "  im2colbp check --input 2x4x7x7 --weight 6x2x3x3 --stride 2 --padding same --groups 2\n"
         "  im2colbp check --input 1x3x9 --weight 2x3x3 --dilation 2 --padding 3 \\\n"
-        "                 --padding-mode circular --dtype float32",
+        "                 --padding-mode circular --dtype float32\n"
+        "  im2colbp check --input 2x4x3x3 --weight 4x3x3x3 --stride 2 --transposed "
+        "--output-size 6x6",
         formatter_class=_FORMATTER,
     )
     _add_geometry_options(parser)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                         help="dtype of the computation (default float64)")
-    parser.add_argument("--seed", default=0, type=int, help="seed of the random data (default 0)")
+    parser.add_argument("--seed", default=0, type=int,
+                        help="seed of the random data, an int >= 0 (default 0)")
 
     def run(args: argparse.Namespace) -> int:
+        if args.seed < 0:
+            raise BadArguments(f"--seed must be an int >= 0 (a NumPy seed), got {args.seed}")
         spec = conv_spec(args)
         _check_size(spec)
         return check(spec, dtype=args.dtype, seed=args.seed)
 
     parser.set_defaults(handler=run)
+
+
+def _install_hint(module: str, requirement: str, extras: str) -> str:
+    return (f"{module} is not installed: {sys.executable} -m pip install '{requirement}' "
+            f"(or, in a checkout of im2colbp, {sys.executable} -m pip install '.[{extras}]')")
 
 
 def _add_bench(commands: Any) -> None:
@@ -665,12 +1008,30 @@ def _add_bench(commands: Any) -> None:
         description=benchmark.DESCRIPTION, epilog=benchmark.EPILOG, formatter_class=_FORMATTER,
     )
     benchmark.add_arguments(parser)
-    parser.set_defaults(handler=benchmark.run)
+
+    def run(args: argparse.Namespace) -> int:
+        # the arguments, before any work (the benchmark itself may take minutes)
+        for option in ("threads", "repeats"):
+            value = getattr(args, option, None)
+            if value is not None and value < 1:
+                raise BadArguments(f"--{option} must be a positive int, got {value}")
+        for option in ("json", "plot"):
+            path = getattr(args, option, None)
+            folder = os.path.dirname(os.path.abspath(path)) if path else None
+            if folder is not None and not os.path.isdir(folder):
+                raise BadArguments(f"--{option} {path}: the folder {folder} does not exist")
+        if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
+            raise BadArguments("--plot needs matplotlib, and "
+                               + _install_hint("matplotlib", "matplotlib>=3.6", "figures")
+                               + "; the extra 'bench' brings it with threadpoolctl")
+        return int(benchmark.run(args))
+
+    parser.set_defaults(handler=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``im2colbp`` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="im2colbp",
         description="Convolution lowered to im2col + GEMM, with every gradient.",
         epilog="examples:\n  im2colbp demo\n"
@@ -680,6 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run 'im2colbp COMMAND --help' for a command's options",
         formatter_class=_FORMATTER,
     )
+    parser.add_argument("--version", action="version", version=f"im2colbp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(commands)
     _add_explain(commands)
@@ -688,26 +1050,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}  # pragma: no cover - build_parser always adds them
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set:
+    """Every option string (of the parser and its subcommands) that takes a value."""
+    options: set = set()
+    for p in [parser, *_subparsers(parser).values()]:
+        for action in p._actions:
+            if action.option_strings and action.nargs != 0:
+                options.update(action.option_strings)
+    return options
+
+
+_NEGATIVE_VALUE = re.compile(r"^-[\d.,:x]+$")
+
+
+def _join_negative_values(parser: argparse.ArgumentParser, argv: List[str]) -> List[str]:
+    """``--padding -1:2`` -> ``--padding=-1:2``, so that argparse does not take the value
+    for an option (it does for every negative value but a plain number); the library
+    then says what is wrong with it."""
+    options = _value_options(parser)
+    joined: List[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if (token in options and index + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[index + 1])):
+            joined.append(f"{token}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       extras: List[str]) -> str:
+    """One line naming the first unknown option (with the closest known one)."""
+    command = getattr(args, "command", None)
+    target = _subparsers(parser).get(command, parser) if command else parser
+    known = [option for action in target._actions for option in action.option_strings]
+    prog = target.prog
+    options = [token for token in extras if token.startswith("-")]
+    if not options:
+        return f"{prog}: error: unexpected argument {extras[0]!r} (see '{prog} --help')"
+    name = options[0].split("=", 1)[0]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    more = f" (and {len(options) - 1} more)" if len(options) > 1 else ""
+    return f"{prog}: error: unknown option {name}{more}{hint} (see '{prog} --help')"
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: send what is left to /dev/null, so that exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no real stdout
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status (0 ok, 1 mismatch, 2 bad arguments)."""
     parser = build_parser()
+    argv = _join_negative_values(parser, list(sys.argv[1:] if argv is None else argv))
+    commands = _subparsers(parser)
+    before_command = []
+    for token in argv:
+        if token in commands:
+            break
+        before_command.append(token)
+    main_options = [option for action in parser._actions for option in action.option_strings]
+    if not any(token in ("-h", "--help", "--version") for token in before_command):
+        strays = [token for token in before_command if token.split("=", 1)[0] not in main_options]
+        if strays:  # reported as unknown, not as a missing COMMAND
+            print(_unknown_arguments(parser, argparse.Namespace(), strays), file=sys.stderr)
+            return 2
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help (0), or a usage error argparse has printed (2)
+        args, extras = parser.parse_known_args(argv)
+    except SystemExit as stop:  # --help / --version (0), or a usage error printed (2)
         return stop.code if isinstance(stop.code, int) else 2
-    try:
-        return args.handler(args)
-    except BadArguments as error:
-        print(f"im2colbp {args.command}: error: {error}", file=sys.stderr)
-        print(f"(see 'im2colbp {args.command} --help')", file=sys.stderr)
+    if extras:
+        print(_unknown_arguments(parser, args, extras), file=sys.stderr)
         return 2
-    except BrokenPipeError:  # pragma: no cover - e.g. `im2colbp demo | head`
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 1
+    try:
+        status = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        return status
+    except BadArguments as error:
+        prog = f"im2colbp {args.command}"
+        print(f"{prog}: error: {error} (see '{prog} --help')", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `im2colbp demo | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,19 +1,51 @@
-"""Convolution layers: parameters, gradients and a context, on top of the functional API.
+"""Convolution layers: parameters, gradients and the contexts of pending forwards.
 
 A layer owns its ``weight`` and ``bias``, the gradient buffers ``grad_weight``
-and ``grad_bias``, and the context of its most recent forward pass::
+and ``grad_bias``, and the contexts of its forward passes that still wait for
+their backward::
 
-    y  = layer.forward(x)       # conv_forward(x, weight, bias, ...), keeps the context
+    y  = layer.forward(x)       # conv_forward(x, weight, bias, ...), keeps a context
     dx = layer.backward(dy)     # conv_backward(dy, ctx); grad_weight += dW, grad_bias += db
 
-Gradients *accumulate* (``+=``) until :meth:`zero_grad`, as in PyTorch: a layer
-used twice in a loss (weight sharing) collects both contributions.
+Gradients *accumulate* (``+=``) until :meth:`~Conv.zero_grad`, as in PyTorch.
+
+Weight sharing (a layer used several times in one loss: siamese branches,
+tied or recurrent layers): every forward keeps its own context, and each
+backward consumes one. Without ``ctx=``, backward takes the most recent
+pending forward — last-in, first-out, the order reverse-mode
+differentiation visits them::
+
+    y1 = layer(x1); y2 = layer(x2)
+    layer.backward(dy2)         # through the forward of x2
+    layer.backward(dy1)         # through the forward of x1: dW(dy1, x1) + dW(dy2, x2)
+
+For any other order, take the context explicitly::
+
+    y1, c1 = layer.forward_with_context(x1)
+    y2, c2 = layer.forward_with_context(x2)
+    layer.backward(dy1, ctx=c1); layer.backward(dy2, ctx=c2)
+
+A backward that matches no pending forward is an error (none at all, all
+already back-propagated, a ``dy`` of the wrong shape, a context of another
+layer or one already used). Each forward is back-propagated at most once;
+to back-propagate one forward twice use the functional API
+(:func:`im2colbp.conv_forward` / :func:`im2colbp.conv_backward`).
+
+Pending contexts hold what backward needs — a copy of the weight and of the
+input (or, when small, its column matrix) — so they are bounded: forwards under :func:`no_grad` keep
+no context (inference, evaluation), :meth:`~Conv.clear_contexts` drops the
+pending ones, and a forward beyond ``layer.max_pending`` (default 256)
+pending contexts is refused with an error that says so — an inference loop
+that forgot ``no_grad`` fails loudly instead of filling the memory.
 
 Constructor arguments, weight layouts, default initialisation and the
 ``state_dict`` keys are PyTorch's, so weights move between ``torch.nn.Conv2d``
-and :class:`Conv2d` through NumPy arrays. N-d throughout: :class:`Conv` and
-:class:`ConvTranspose` take the spatial rank r from a tuple ``kernel_size``
-(or ``ndim=``); ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` fix it.
+and :class:`Conv2d` through NumPy arrays; ``state_dict(prefix=...)`` and
+``load_state_dict(..., strict=, prefix=)`` follow PyTorch's conventions, so a
+whole network's ``state_dict()`` loads layer by layer. N-d throughout:
+:class:`Conv` and :class:`ConvTranspose` take the spatial rank r from a tuple
+``kernel_size`` (or ``ndim=``); ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d``
+fix it.
 
 Deliberate differences from PyTorch (the functional API's semantics):
 
@@ -24,17 +56,45 @@ Deliberate differences from PyTorch (the functional API's semantics):
   adjoint of the convolution with that padding. PyTorch allows only ``'zeros'``.
 - NumPy dtype promotion: a float32 layer given float64 input computes (and
   returns) float64; gradients are still accumulated in the layer's dtype.
+  float16 input is computed, and returned, in float32 (at least float32
+  everywhere); parameters are float32 or float64 (float16 is refused).
+- Sizes are checked before anything is allocated: a layer whose parameters
+  cannot fit this machine's memory (or the process's address-space limit) is
+  refused with a ValueError naming the argument and the bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+import os
+import threading
+from typing import (
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from .convolution import ConvContext, conv_backward, conv_forward, conv_transpose_forward
+from .convolution import (
+    ConvContext,
+    conv,
+    conv_backward,
+    conv_forward,
+    conv_transpose,
+    conv_transpose_forward,
+)
 from .geometry import (
+    MAX_ELEMENTS,
     as_float_array,
     as_int,
     as_int_tuple,
@@ -54,9 +114,94 @@ __all__ = [
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTranspose3d",
+    "IncompatibleKeys",
+    "LayerContext",
+    "no_grad",
 ]
 
 PaddingArg = Union[int, str, Tuple[Any, ...]]
+IntOrTuple = Union[int, Sequence[int]]
+PaddingLike = Union[int, str, Sequence[Any]]
+RngLike = Union[None, int, np.random.Generator]
+
+
+# --------------------------------------------------------------------------
+# no_grad: forwards that keep no context
+# --------------------------------------------------------------------------
+_GRAD_STATE = threading.local()
+
+
+def _grad_enabled() -> bool:
+    return getattr(_GRAD_STATE, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Within this block (in this thread), layer forwards keep no context.
+
+    For inference and evaluation: nothing is kept for backward (no copy of
+    the input or the weight, no column matrix), so a loop over many batches uses no
+    memory beyond each call, and the layers' ``pending`` contexts do not
+    grow. A ``backward`` needs a forward made outside the block. Works as a
+    decorator too. Like ``torch.no_grad``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.layer import Conv2d, no_grad
+    >>> layer = Conv2d(1, 2, 3, rng=0)
+    >>> with no_grad():
+    ...     y = layer(np.ones((4, 1, 5, 5), dtype=np.float32))
+    >>> y.shape, len(layer.pending)
+    ((4, 2, 3, 3), 0)
+    """
+    previous = _grad_enabled()
+    _GRAD_STATE.enabled = False
+    try:
+        yield
+    finally:
+        _GRAD_STATE.enabled = previous
+
+
+class LayerContext:
+    """One forward pass of a layer, waiting for its backward.
+
+    Returned by :meth:`Conv.forward_with_context` (and kept by every forward
+    in the layer's ``pending`` tuple). Pass it as ``backward(dy, ctx=...)``
+    to back-propagate that forward out of the last-in, first-out order.
+
+    Attributes
+    ----------
+    number : int
+        1 for the layer's first forward, 2 for the next, ...
+    input_shape, output_shape : tuple of int
+        x.shape and y.shape of that forward.
+    conv_context : ConvContext
+        The functional context (:func:`im2colbp.conv_forward`'s).
+    state : {'pending', 'used', 'cleared'}
+    """
+
+    __slots__ = ("conv_context", "input_shape", "number", "output_shape", "state", "_owner")
+
+    def __init__(self, owner: object, number: int, conv_context: ConvContext,
+                 input_shape: Tuple[int, ...], output_shape: Tuple[int, ...]) -> None:
+        self._owner = owner
+        self.number = number
+        self.conv_context = conv_context
+        self.input_shape = input_shape
+        self.output_shape = output_shape
+        self.state = "pending"
+
+    def __repr__(self) -> str:
+        return (f"LayerContext(forward #{self.number}, x {self.input_shape} -> "
+                f"y {self.output_shape}, {self.state})")
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Conv.load_state_dict` returns, as PyTorch's ``_IncompatibleKeys``."""
+
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 # --------------------------------------------------------------------------
@@ -81,11 +226,15 @@ def _rank(kernel_size: Any, ndim: Any) -> int:
 def _padding_attribute(padding: Any, rank: int, allow_same: bool) -> PaddingArg:
     """Validate ``padding``; keep strings, symmetric padding as r ints, else r pairs."""
     pairs = parse_padding(padding, rank, allow_same)
-    if isinstance(padding, str):
+    if isinstance(padding, str) or isinstance(pairs, str):
         return padding
     if all(before == after for before, after in pairs):
         return tuple(before for before, _ in pairs)
     return tuple(pairs)
+
+
+_DTYPE_MESSAGE = ("dtype must be a NumPy floating dtype of at least 32 bits (float32, "
+                  "float64); float16 inputs are computed in float32 anyway")
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
@@ -93,13 +242,10 @@ def _float_dtype(dtype: Any) -> np.dtype:
         return np.dtype(np.float32)
     try:
         result = np.dtype(dtype)
-    except TypeError:
-        result = None
-    if result is None or result.kind != "f" or result.itemsize < 4:
-        raise TypeError(
-            f"dtype must be a NumPy floating dtype of at least 32 bits (float32, float64), "
-            f"got {dtype!r}"
-        )
+    except Exception:  # NumPy raises TypeError, ValueError, ... for nonsense like ('f4', -1)
+        raise TypeError(f"{_DTYPE_MESSAGE}, got {dtype!r}") from None
+    if result.kind != "f" or result.itemsize < 4 or result.shape or result.fields:
+        raise TypeError(f"{_DTYPE_MESSAGE}, got {dtype!r}")
     return result
 
 
@@ -124,13 +270,58 @@ def _as_bias_flag(bias: Any) -> bool:
     return bool(bias)
 
 
+def _format_bytes(nbytes: int) -> str:
+    if nbytes < 2**30:
+        return f"{nbytes:,} bytes ({nbytes / 2**20:.1f} MiB)"
+    if nbytes < 2**60:
+        return f"{nbytes:,} bytes ({nbytes / 2**30:.1f} GiB)"
+    return f"about {float(nbytes):.3g} bytes"
+
+
+def _memory_limit() -> Tuple[Optional[int], str]:
+    """The bytes this process can hope to allocate, and what sets that bound.
+
+    The smallest of the machine's physical memory and the process's
+    ``RLIMIT_AS`` / ``RLIMIT_DATA`` soft limits (where the platform has them).
+    """
+    limits: List[Tuple[int, str]] = []
+    try:
+        limits.append((os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
+                       "this machine's physical memory"))
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        pass
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        for name in ("RLIMIT_AS", "RLIMIT_DATA"):
+            which = getattr(resource, name, None)
+            if which is None:
+                continue
+            try:
+                soft, _ = resource.getrlimit(which)
+            except (OSError, ValueError):  # pragma: no cover
+                continue
+            if soft != resource.RLIM_INFINITY and soft > 0:
+                limits.append((soft, f"the process's {name} limit"))
+    if not limits:  # pragma: no cover
+        return None, ""
+    nbytes, what = min(limits)
+    return nbytes, what
+
+
 # --------------------------------------------------------------------------
 # the shared machinery
 # --------------------------------------------------------------------------
 class _ConvLayer:
-    """Parameters, gradients, context, state_dict and repr shared by all layers."""
+    """Parameters, gradients, pending contexts, state_dict and repr shared by all layers."""
 
     transposed = False
+
+    #: The most forward contexts a layer keeps waiting for backward; one more
+    #: forward is refused (None: no bound). Raise it for long unrolled graphs.
+    max_pending: Optional[int] = 256
 
     def _setup(
         self,
@@ -173,12 +364,43 @@ class _ConvLayer:
         else:
             # (C_out, C_in/G, *K)
             weight_shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self._check_parameter_size(weight_shape)
         self._weight = np.zeros(weight_shape, dtype=self.dtype)
         self._bias = np.zeros(self.out_channels, dtype=self.dtype) if has_bias else None
         self.grad_weight = np.zeros_like(self._weight)
         self.grad_bias = None if self._bias is None else np.zeros_like(self._bias)
-        self._ctx: Optional[ConvContext] = None
+        self._pending: List[LayerContext] = []
+        self._forwards = 0
         self.reset_parameters(rng)
+
+    def _check_parameter_size(self, weight_shape: Tuple[int, ...]) -> None:
+        """Refuse, before allocating, parameters that cannot fit in memory."""
+        elements = math.prod(weight_shape)
+        # weight and grad_weight in the layer's dtype, and the float64 draw of the
+        # initialisation (the bias is at most as large as one weight row)
+        nbytes = elements * (2 * self.dtype.itemsize + 8)
+        limit, what = _memory_limit()
+        too_many = elements > MAX_ELEMENTS
+        if not too_many and (limit is None or nbytes <= limit):
+            return
+        factors = {
+            "in_channels": self.in_channels // (1 if self.transposed else self.groups),
+            "out_channels": self.out_channels // (self.groups if self.transposed else 1),
+            "kernel_size": math.prod(self.kernel_size),
+        }
+        largest = max(factors.values())
+        names = [f"{name}={getattr(self, name)!r}" for name, factor in factors.items()
+                 if factor == largest]
+        culprits = " and ".join(names) + (" make" if len(names) > 1 else " makes")
+        bound = (f"the library's limit of {MAX_ELEMENTS:,} elements per array" if too_many
+                 else f"{what}, {_format_bytes(limit or 0)}")
+        shape = weight_shape if len(str(weight_shape)) <= 80 else f"of rank {len(weight_shape)}"
+        count = f"{elements:,}" if elements < 10**20 else f"about {float(elements):.3g}"
+        raise ValueError(
+            f"{type(self).__name__}: {culprits} the weight {shape} too large: {count} "
+            f"{self.dtype.name} elements, {_format_bytes(elements * self.dtype.itemsize)}; "
+            f"{_format_bytes(nbytes)} with grad_weight and the initialisation, more than {bound}"
+        )
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -191,7 +413,7 @@ class _ConvLayer:
         return self._weight
 
     @weight.setter
-    def weight(self, value: Any) -> None:
+    def weight(self, value: ArrayLike) -> None:
         np.copyto(self._weight, self._checked("weight", value, "weight"), casting="same_kind")
 
     @property
@@ -200,7 +422,7 @@ class _ConvLayer:
         return self._bias
 
     @bias.setter
-    def bias(self, value: Any) -> None:
+    def bias(self, value: ArrayLike) -> None:
         if self._bias is None:
             raise ValueError(
                 f"this {type(self).__name__} has no bias (built with bias=False); "
@@ -213,7 +435,7 @@ class _ConvLayer:
         """r, the number of spatial axes."""
         return len(self.kernel_size)
 
-    def reset_parameters(self, rng: Any = None) -> None:
+    def reset_parameters(self, rng: RngLike = None) -> None:
         """Draw weight and bias as PyTorch's default initialisation does.
 
         Both are uniform on ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` with
@@ -237,7 +459,23 @@ class _ConvLayer:
         """
         yield "weight", self._weight, self.grad_weight
         if self._bias is not None:
-            yield "bias", self._bias, self.grad_bias
+            yield "bias", self._bias, self.grad_bias  # type: ignore[misc]
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
+        """Yield ``(prefix + name, value)``, as ``torch.nn.Module.named_parameters``.
+
+        The names are the ``state_dict`` keys; the values are the layer's own
+        arrays (not copies).
+
+        Examples
+        --------
+        >>> from im2colbp.layer import Conv2d
+        >>> [(name, value.shape) for name, value in Conv2d(3, 8, 3).named_parameters("conv1.")]
+        [('conv1.weight', (8, 3, 3, 3)), ('conv1.bias', (8,))]
+        """
+        prefix = _as_prefix(prefix)
+        for name, value, _ in self.parameters():
+            yield prefix + name, value
 
     def zero_grad(self) -> None:
         """Set ``grad_weight`` and ``grad_bias`` to zero (in place)."""
@@ -245,100 +483,309 @@ class _ConvLayer:
         if self.grad_bias is not None:
             self.grad_bias[...] = 0
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters under PyTorch's keys ``'weight'`` and ``'bias'``.
+    def state_dict(self, *, destination: Optional[Dict[str, Any]] = None,
+                   prefix: str = "") -> Dict[str, Any]:
+        """Copies of the parameters under PyTorch's keys ``prefix + 'weight'`` / ``'bias'``.
 
-        ``'bias'`` is absent for a layer without bias, as in PyTorch.
+        ``'bias'`` is absent for a layer without bias, as in PyTorch. With
+        ``destination``, the entries are added to that dict (which is returned),
+        so several layers fill one state dict (``prefix='conv1.'`` ...).
+
+        Examples
+        --------
+        >>> from im2colbp.layer import Conv1d
+        >>> state = Conv1d(1, 2, 3).state_dict(prefix="encoder.0.")
+        >>> sorted(state)
+        ['encoder.0.bias', 'encoder.0.weight']
         """
-        state = {"weight": self._weight.copy()}
-        if self._bias is not None:
-            state["bias"] = self._bias.copy()
+        prefix = _as_prefix(prefix)
+        state: Dict[str, Any] = {} if destination is None else destination
+        for name, value, _ in self.parameters():
+            state[prefix + name] = value.copy()
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Copy ``state_dict['weight']`` (and ``['bias']``) into the parameters.
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
+                        prefix: str = "") -> IncompatibleKeys:
+        """Copy ``state_dict[prefix + 'weight']`` (and ``'bias'``) into the parameters.
 
         Values may be any real array-like (NumPy arrays, lists, CPU torch
-        tensors); they are cast to the layer's dtype. Keys and shapes must
-        match exactly; nothing is changed unless everything is valid.
+        tensors); they are cast to the layer's dtype. PyTorch's conventions:
+
+        - ``prefix`` selects this layer's entries in a whole network's state
+          dict (``'conv1.'``, ``'features.0.'``); keys that do not start with
+          it belong to other layers and are ignored.
+        - ``strict=True``: the keys under ``prefix`` must be exactly this
+          layer's; ``strict=False`` loads what is there and reports the rest.
+        - A shape that is not the parameter's is an error either way.
+
+        Nothing is changed unless everything is valid.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array_like
+        strict : bool, optional
+        prefix : str, optional
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, full keys (with the prefix);
+            both empty after a strict load.
 
         Raises
         ------
         TypeError
             ``state_dict`` is not a mapping, or a value is not a real numeric array.
         ValueError
-            Missing or unexpected keys, or a shape that is not the parameter's.
+            Under ``strict``, missing or unexpected keys; a shape that is not
+            the parameter's.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from im2colbp.layer import Conv1d
+        >>> network = {"0.weight": np.ones((2, 1, 3)), "0.bias": np.zeros(2),
+        ...            "2.weight": np.ones((4, 2, 1))}
+        >>> first = Conv1d(1, 2, 3)
+        >>> first.load_state_dict(network, prefix="0.")
+        IncompatibleKeys(missing_keys=[], unexpected_keys=[])
+        >>> first.weight[0, 0]
+        array([1., 1., 1.], dtype=float32)
+        >>> Conv1d(2, 4, 1).load_state_dict(network, strict=False, prefix="2.")
+        IncompatibleKeys(missing_keys=['2.bias'], unexpected_keys=[])
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 f"state_dict must be a mapping with keys 'weight' and 'bias', "
                 f"got {type(state_dict).__name__}"
             )
-        expected = {name: value for name, value, _ in self.parameters()}
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        prefix = _as_prefix(prefix)
+        expected = {prefix + name: (name, value) for name, value, _ in self.parameters()}
+        # this layer's entries: all of them without a prefix, else those under it
+        own = [key for key in state_dict
+               if not prefix or (isinstance(key, str) and key.startswith(prefix))]
         missing = [key for key in expected if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in expected]
-        if missing or unexpected:
-            hint = ""
-            if "bias" in unexpected:
-                hint = " (this layer was built with bias=False)"
-            elif "bias" in missing:
-                hint = " (this layer has a bias; the state comes from a layer without one?)"
+        unexpected = [key for key in own if key not in expected]
+        if strict and (missing or unexpected):
             raise ValueError(
                 f"state_dict for {type(self).__name__} must have keys {sorted(expected)}; "
-                f"missing {missing}, unexpected {unexpected}{hint}"
+                f"missing {missing}, unexpected {unexpected}"
+                f"{self._load_hint(state_dict, prefix, missing, unexpected)}"
             )
-        values = {key: self._checked(key, state_dict[key], f"state_dict[{key!r}]")
-                  for key in expected}
-        for key, value in values.items():
-            np.copyto(expected[key], value, casting="same_kind")
+        values = {name: self._checked(name, state_dict[key], f"state_dict[{key!r}]")
+                  for key, (name, _) in expected.items() if key in state_dict}
+        for name, value in values.items():
+            target = self._weight if name == "weight" else self._bias
+            if target is not None:
+                np.copyto(target, value, casting="same_kind")
+        return IncompatibleKeys(missing, unexpected)
+
+    def _load_hint(self, state_dict: Mapping[str, Any], prefix: str, missing: List[str],
+                   unexpected: List[Any]) -> str:
+        weight_key, bias_key = prefix + "weight", prefix + "bias"
+        if weight_key in missing:
+            nested = sorted({key[:-len("weight")] for key in state_dict
+                             if isinstance(key, str) and key.startswith(prefix)
+                             and key.endswith(".weight")})
+            if nested:
+                shown = ", ".join(repr(p) for p in nested[:4]) + (", ..." if len(nested) > 4
+                                                                   else "")
+                return (f" (the keys are nested, as in a network's state_dict: pass the layer's "
+                        f"prefix, one of {shown}, as load_state_dict(state, prefix=...))")
+            return ""
+        if bias_key in unexpected:
+            return " (this layer was built with bias=False)"
+        if bias_key in missing:
+            return (" (this layer has a bias but the state has none, as from a layer built "
+                    "with bias=False: build this layer with bias=False, or pass strict=False "
+                    "to keep its current bias)")
+        if unexpected and prefix == "":
+            return (" (if the state is a whole network's, pass this layer's prefix, e.g. "
+                    "prefix='conv1.')")
+        return ""
 
     def _checked(self, key: str, value: Any, name: str) -> np.ndarray:
         """``value`` as a real array of parameter ``key``'s shape; errors say ``name``."""
         target = self._weight if key == "weight" else self._bias
+        if target is None:  # pragma: no cover - callers only ask for existing parameters
+            raise ValueError(f"{type(self).__name__} has no {key}")
         value = as_float_array(value, name)
         layout = "weight layout " + (
             "(C_in, C_out/groups, *kernel_size)" if self.transposed
             else "(C_out, C_in/groups, *kernel_size)"
         ) if key == "weight" else "(C_out,)"
-        check_array_shape(value.shape, target.shape, name, f"{type(self).__name__} {key}, {layout}")
+        check_array_shape(value.shape, target.shape, name,
+                          f"{type(self).__name__} {key}, {layout}")
         return value
 
     # ---------------------------------------------------------------- passes
-    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    def forward(self, x: ArrayLike, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - defined by Conv and ConvTranspose
+
+    def __call__(self, x: ArrayLike, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(x, *args, **kwargs)
 
-    def _context(self) -> ConvContext:
-        if self._ctx is None:
+    def _run(self, x: ArrayLike, keep: bool, **kwargs: Any
+             ) -> Tuple[np.ndarray, Optional[ConvContext]]:
+        """The functional forward: ``(y, ctx)``, ctx None when ``keep`` is False."""
+        raise NotImplementedError  # pragma: no cover - defined by Conv and ConvTranspose
+
+    def _forward(self, x: ArrayLike, **kwargs: Any) -> Tuple[np.ndarray, Optional[LayerContext]]:
+        if not _grad_enabled():
+            return self._run(x, False, **kwargs)[0], None
+        limit = self.max_pending
+        if limit is not None and len(self._pending) >= limit:
             raise ValueError(
-                f"{type(self).__name__}.backward called before forward: call forward(x) first "
-                "(backward uses the context of the most recent forward pass)"
+                f"{type(self).__name__}.forward: {len(self._pending)} forward passes are "
+                f"already waiting for backward (layer.max_pending = {limit}); each holds a "
+                "copy of its input and of the weight. For inference run the forwards under "
+                "`with im2colbp.layer.no_grad():`, call backward for each forward, or drop "
+                "them with layer.clear_contexts(); for longer unrolled graphs raise "
+                "layer.max_pending"
             )
-        return self._ctx
+        y, ctx = self._run(x, True, **kwargs)
+        if ctx is None:  # pragma: no cover - _run keeps a context when asked
+            raise RuntimeError("the forward pass returned no context")
+        self._forwards += 1
+        record = LayerContext(self, self._forwards, ctx, tuple(np.shape(x)), tuple(y.shape))
+        self._pending.append(record)
+        return y, record
 
-    def backward(self, dy: Any) -> np.ndarray:
-        """Back-propagate δ = dL/dy through the most recent forward pass.
+    def forward_with_context(self, x: ArrayLike, **kwargs: Any
+                             ) -> Tuple[np.ndarray, LayerContext]:
+        """``forward`` that also returns its context, for ``backward(dy, ctx=...)``.
 
-        Adds dW to ``grad_weight`` and db to ``grad_bias`` (accumulating,
-        cast to the layer's dtype) and returns dx.
+        The context is pending like any forward's: backward without ``ctx=``
+        may consume it too, in last-in, first-out order.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from im2colbp.layer import Conv1d
+        >>> layer = Conv1d(1, 1, 2, bias=False, dtype=np.float64, rng=0)
+        >>> y1, first = layer.forward_with_context(np.array([[1.0, 0.0, 0.0]]))
+        >>> y2, second = layer.forward_with_context(np.array([[0.0, 0.0, 1.0]]))
+        >>> first
+        LayerContext(forward #1, x (1, 3) -> y (1, 2), pending)
+        >>> _ = layer.backward(np.ones((1, 2)), ctx=first)   # first-in, first-out
+        >>> layer.grad_weight                                 # dW from x1 only
+        array([[[1., 0.]]])
+        >>> _ = layer.backward(np.ones((1, 2)))               # the one left: x2
+        >>> layer.grad_weight
+        array([[[1., 1.]]])
+        """
+        if not _grad_enabled():
+            raise ValueError(
+                f"{type(self).__name__}.forward_with_context called under no_grad(): "
+                "no context is kept there; call it outside the no_grad() block"
+            )
+        y, record = self._forward(x, **kwargs)
+        if record is None:  # pragma: no cover - grad is enabled here
+            raise RuntimeError("no context was recorded")
+        return y, record
+
+    @property
+    def pending(self) -> Tuple[LayerContext, ...]:
+        """The forwards waiting for backward, oldest first (backward takes the last)."""
+        return tuple(self._pending)
+
+    def clear_contexts(self) -> int:
+        """Drop every pending forward context (their inputs can be freed); return how many.
+
+        A later ``backward`` without a new forward is then an error. The
+        accumulated gradients are kept (:meth:`zero_grad` clears those).
+        """
+        count = len(self._pending)
+        for record in self._pending:
+            record.state = "cleared"
+        self._pending.clear()
+        return count
+
+    def _select(self, shape: Tuple[int, ...], ctx: Optional[LayerContext]) -> LayerContext:
+        """The pending forward this backward goes through, or a clear error."""
+        name = type(self).__name__
+        if ctx is not None:
+            if not isinstance(ctx, LayerContext):
+                raise TypeError(
+                    f"ctx must be a LayerContext from this layer's forward_with_context, "
+                    f"got {type(ctx).__name__}"
+                )
+            if ctx._owner is not self:
+                raise ValueError(
+                    f"ctx is {ctx!r} of another layer; pass a context of this {name}"
+                )
+            if ctx.state != "pending":
+                why = ("was already back-propagated (each forward is back-propagated once)"
+                       if ctx.state == "used" else "was dropped by clear_contexts()")
+                raise ValueError(f"{name}.backward: ctx, forward #{ctx.number}, {why}")
+            record = ctx
+            which = f"the output of forward #{record.number}, the ctx given"
+        else:
+            if not self._pending:
+                if self._forwards == 0:
+                    raise ValueError(
+                        f"{name}.backward called before forward: call forward(x) first "
+                        "(backward goes through a pending forward pass)"
+                    )
+                raise ValueError(
+                    f"{name}.backward: no forward is waiting for backward — all "
+                    f"{self._forwards} were back-propagated (each forward once) or cleared; "
+                    "call forward again"
+                )
+            record = self._pending[-1]
+            which = (f"the output of forward #{record.number}, the most recent pending one: "
+                     "backward goes last-in, first-out")
+        if shape != record.output_shape:
+            others = [r.number for r in self._pending
+                      if r is not record and r.output_shape == shape]
+            hint = ""
+            if others:
+                hint = (f"; pending forward #{others[-1]} has that output shape: take its "
+                        "context from forward_with_context and pass backward(dy, ctx=...)")
+            raise ValueError(f"dy must have shape {record.output_shape} ({which}), "
+                             f"got {shape}{hint}")
+        return record
+
+    def backward(self, dy: ArrayLike, ctx: Optional[LayerContext] = None) -> np.ndarray:
+        """Back-propagate δ = dL/dy through one pending forward pass.
+
+        Without ``ctx``, through the most recent pending forward (last-in,
+        first-out: the order reverse-mode differentiation produces when a
+        layer is used several times); with ``ctx`` (from
+        :meth:`forward_with_context`), through that one. The forward is then
+        no longer pending. Adds dW to ``grad_weight`` and db to ``grad_bias``
+        (accumulating, cast to the layer's dtype) and returns dx.
 
         Parameters
         ----------
         dy : array_like
-            δ, exactly the shape of the last forward output.
+            δ, exactly the shape of that forward's output.
+        ctx : LayerContext, optional
 
         Returns
         -------
         dx : ndarray
-            The shape of the last forward input.
+            The shape of that forward's input.
 
         Raises
         ------
         ValueError
-            Called before forward, or ``dy`` has the wrong shape.
+            No forward is pending, ``dy`` has the wrong shape, or ``ctx`` is
+            of another layer or was already used; nothing is accumulated.
+        TypeError
+            ``ctx`` is not a :class:`LayerContext`, ``dy`` is not numeric.
         """
-        grads = conv_backward(dy, self._context())
+        dy_array = as_float_array(dy, "dy")
+        record = self._select(tuple(dy_array.shape), ctx)
+        grads = conv_backward(dy_array, record.conv_context)
+        self._pending.remove(record)
+        record.state = "used"
+        if grads.input is None or grads.weight is None:  # pragma: no cover - all are requested
+            raise RuntimeError("conv_backward left out a requested gradient")
         self.grad_weight += grads.weight
-        if self.grad_bias is not None:
+        if self.grad_bias is not None and grads.bias is not None:
             self.grad_bias += grads.bias
         return grads.input
 
@@ -351,7 +798,7 @@ class _ConvLayer:
             f"stride={self.stride}",
         ]
         if isinstance(self.padding, str) or any(
-            p != 0 and p != (0, 0) for p in self.padding
+            p != 0 and p != (0, 0) for p in tuple(self.padding)  # type: ignore[arg-type]
         ):
             parts.append(f"padding={self.padding!r}")
         if any(d != 1 for d in self.dilation):
@@ -370,6 +817,12 @@ class _ConvLayer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _as_prefix(prefix: Any) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string such as 'conv1.', got {prefix!r}")
+    return prefix
 
 
 # --------------------------------------------------------------------------
@@ -412,6 +865,11 @@ class Conv(_ConvLayer):
     bias : ndarray, shape (C_out,), or None
     grad_weight, grad_bias : ndarray
         Accumulated gradients, shaped and typed like the parameters.
+    pending : tuple of LayerContext
+        The forwards waiting for backward, oldest first.
+    max_pending : int or None
+        At most this many pending forwards (default 256); one more forward
+        is refused. None: no bound.
 
     See Also
     --------
@@ -421,12 +879,14 @@ class Conv(_ConvLayer):
     Notes
     -----
     Forward returns ``(N, C_out, *O)`` (``(C_out, *O)`` for unbatched input)
-    with ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``. The
-    context keeps references to x and to ``weight`` (and the column matrix
-    when it is small): modify neither in place between
-    forward and backward (update the weights after backward, as optimisers
-    do). Backward pairs with the most recent forward only; calling it again
-    accumulates the same gradients a second time.
+    with ``O = floor((I + P_before + P_after - D*(K-1) - 1) / S) + 1``. Each
+    forward keeps a context with copies of what backward needs (the weight,
+    and x or its column matrix): backward computes the gradients at the point
+    that forward evaluated, even when the weights are updated in between (as
+    optimisers do). Backward consumes the pending forwards last-in, first-out, or the
+    one given as ``ctx=`` (see the module docstring: weight sharing); under
+    :func:`no_grad` forwards keep nothing. float16 input is computed and
+    returned in float32.
 
     Examples
     --------
@@ -452,23 +912,26 @@ class Conv(_ConvLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
+        kernel_size: IntOrTuple,
         *,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
+        stride: IntOrTuple = 1,
+        padding: PaddingLike = 0,
+        dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
         ndim: Optional[int] = None,
-        dtype: Any = np.float32,
-        rng: Any = None,
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                     bias, padding_mode, ndim, dtype, rng)
 
-    def forward(self, x: Any) -> np.ndarray:
-        """``y = conv(x, weight, bias)``; keeps the context for :meth:`backward`.
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """``y = conv(x, weight, bias)``; keeps a context for :meth:`backward`.
+
+        The context joins the layer's ``pending`` forwards (none under
+        :func:`no_grad`).
 
         Parameters
         ----------
@@ -477,12 +940,18 @@ class Conv(_ConvLayer):
         Returns
         -------
         y : ndarray, shape (N, C_out, *O) or (C_out, *O)
+            The dtype NumPy promotion gives (float16 input: float32).
         """
-        y, self._ctx = conv_forward(
-            x, self._weight, self._bias, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
-        )
-        return y
+        return self._forward(x)[0]
+
+    def _run(self, x: ArrayLike, keep: bool, **kwargs: Any
+             ) -> Tuple[np.ndarray, Optional[ConvContext]]:
+        geometry: Dict[str, Any] = dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation,
+            groups=self.groups, padding_mode=self.padding_mode)
+        if not keep:
+            return conv(x, self._weight, self._bias, **geometry), None
+        return conv_forward(x, self._weight, self._bias, **geometry)
 
 
 class _ConvNd(Conv):
@@ -494,16 +963,16 @@ class _ConvNd(Conv):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: PaddingLike = 0,
+        dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        dtype: Any = np.float32,
-        rng: Any = None,
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                     bias, padding_mode, self._fixed_rank, dtype, rng)
@@ -605,6 +1074,9 @@ class ConvTranspose(_ConvLayer):
         PyTorch's transposed layout.
     bias : ndarray, shape (C_out,), or None
     grad_weight, grad_bias : ndarray
+    pending : tuple of LayerContext
+    max_pending : int or None
+        As for :class:`Conv`.
 
     See Also
     --------
@@ -641,24 +1113,27 @@ class ConvTranspose(_ConvLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
+        kernel_size: IntOrTuple,
         *,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
+        stride: IntOrTuple = 1,
+        padding: PaddingLike = 0,
+        output_padding: IntOrTuple = 0,
         groups: int = 1,
         bias: bool = True,
-        dilation: Any = 1,
+        dilation: IntOrTuple = 1,
         padding_mode: str = "zeros",
         ndim: Optional[int] = None,
-        dtype: Any = np.float32,
-        rng: Any = None,
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                     bias, padding_mode, ndim, dtype, rng, output_padding)
 
-    def forward(self, x: Any, output_size: Any = None) -> np.ndarray:
-        """``y = conv_transpose(x, weight, bias)``; keeps the context for :meth:`backward`.
+    def forward(self, x: ArrayLike, output_size: Optional[Sequence[int]] = None) -> np.ndarray:
+        """``y = conv_transpose(x, weight, bias)``; keeps a context for :meth:`backward`.
+
+        The context joins the layer's ``pending`` forwards (none under
+        :func:`no_grad`).
 
         Parameters
         ----------
@@ -672,13 +1147,21 @@ class ConvTranspose(_ConvLayer):
         -------
         y : ndarray, shape (N, C_out, *O) or (C_out, *O)
         """
+        return self._forward(x, output_size=output_size)[0]
+
+    def _run(self, x: ArrayLike, keep: bool, **kwargs: Any
+             ) -> Tuple[np.ndarray, Optional[ConvContext]]:
+        output_size = kwargs.pop("output_size", None)
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         output_padding = self.output_padding if output_size is None else 0
-        y, self._ctx = conv_transpose_forward(
-            x, self._weight, self._bias, stride=self.stride, padding=self.padding,
-            output_padding=output_padding, dilation=self.dilation, groups=self.groups,
-            output_size=output_size, padding_mode=self.padding_mode,
-        )
-        return y
+        geometry: Dict[str, Any] = dict(
+            stride=self.stride, padding=self.padding, output_padding=output_padding,
+            dilation=self.dilation, groups=self.groups, output_size=output_size,
+            padding_mode=self.padding_mode)
+        if not keep:
+            return conv_transpose(x, self._weight, self._bias, **geometry), None
+        return conv_transpose_forward(x, self._weight, self._bias, **geometry)
 
 
 class _ConvTransposeNd(ConvTranspose):
@@ -690,17 +1173,17 @@ class _ConvTransposeNd(ConvTranspose):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        output_padding: Any = 0,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: PaddingLike = 0,
+        output_padding: IntOrTuple = 0,
         groups: int = 1,
         bias: bool = True,
-        dilation: Any = 1,
+        dilation: IntOrTuple = 1,
         padding_mode: str = "zeros",
         *,
-        dtype: Any = np.float32,
-        rng: Any = None,
+        dtype: DTypeLike = np.float32,
+        rng: RngLike = None,
     ) -> None:
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                     bias, padding_mode, self._fixed_rank, dtype, rng, output_padding)

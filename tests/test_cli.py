@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,7 @@ def test_bad_arguments_give_the_library_message_and_status_2(capsys, command, ar
     assert code == 2
     assert out == ""
     assert f"im2colbp {command}: error:" in err and message in err
+    assert len(err.splitlines()) == 1
 
 
 def test_check_refuses_geometries_too_large_for_the_reference(capsys):
@@ -252,7 +254,8 @@ def test_check_refuses_geometries_too_large_for_the_reference(capsys):
 ])
 def test_usage_errors_exit_2(capsys, argv):
     code, out, err = run(capsys, *argv)
-    assert code == 2 and "usage:" in err and "error:" in err
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "error:" in err and "--help" in err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["explain", "--help"],
@@ -263,10 +266,33 @@ def test_help_has_an_example(capsys, argv):
     assert "example" in out and "im2colbp" in out
 
 
-def test_parser_has_room_for_more_commands():
+def test_every_command_registers_a_handler_that_main_runs(capsys, monkeypatch):
+    """Each ``_add_<name>`` sets a handler; main dispatches to it and returns its status."""
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
-    assert set(commands.choices) >= {"demo", "explain", "check"}
+    assert set(commands.choices) == {"demo", "explain", "check", "bench"}
+    calls = []
+    for name, sub in commands.choices.items():
+        assert callable(sub.get_default("handler")), name
+        sub.set_defaults(handler=lambda args, name=name: calls.append(name) or 7)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for name in commands.choices:
+        argv = [name] + (["--input", "1x1x3", "--weight", "1x1x3"]
+                         if name in ("explain", "check") else [])
+        assert main(argv) == 7
+    assert calls == list(commands.choices)
+
+
+def test_explain_sections_are_a_list_to_extend(capsys, monkeypatch):
+    def plan_section(spec, say, number):
+        say(f"{number}. A new section for {spec.output_shape}")
+
+    monkeypatch.setattr(cli, "EXPLAIN_SECTIONS", cli.EXPLAIN_SECTIONS + [plan_section])
+    code, out, _ = run(capsys, "explain", *GEOMETRY)
+    assert code == 0
+    numbers = [line.split(".")[0] for line in out.splitlines() if line[:1].isdigit()]
+    assert numbers == [str(i) for i in range(1, len(cli.EXPLAIN_SECTIONS) + 1)]
+    assert out.rstrip().endswith(f"{len(cli.EXPLAIN_SECTIONS)}. A new section for (1, 2, 3, 3)")
 
 
 @pytest.mark.parametrize("argv, status", [
@@ -283,3 +309,243 @@ def test_python_dash_m(argv, status):
         assert "error:" in result.stderr
     else:
         assert "im2colbp explain" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# every bad argument: status 2, one line, the right message (issue 12)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["check", *GEOMETRY, "--seed", "-1"], "--seed must be an int >= 0"),
+    (["check", "--input", "1x3x5x5", "--weight", "2x3x3x3", "--padding", "-1:2,0"],
+     "padding[0][0] must be >= 0, got -1"),
+    (["explain", "--input", "1x3x5x5", "--weight", "2x3x3x3", "--padding", "-1"],
+     "padding must be >= 0"),
+    (["explain", "--input", "1x3x5x5", "--weight", "2x3x3x3", "--stride", "-1,2"],
+     "must be positive, got -1"),
+    (["explain", "--input", "1x3x5x5", "--wieght", "2x3x3x3"],
+     "unknown option --wieght; did you mean --weight?"),
+    (["check", *GEOMETRY, "--sed", "1"], "unknown option --sed; did you mean --seed?"),
+    (["explain", *GEOMETRY, "--frobnicate"], "unknown option --frobnicate (see"),
+    (["--verison"], "unknown option --verison; did you mean --version?"),
+    (["--bogus", "explain", *GEOMETRY], "unknown option --bogus (see 'im2colbp --help')"),
+    (["explain", *GEOMETRY, "stray"], "unexpected argument 'stray'"),
+    (["explain", "--weight", "2x3x3x3"], "required: --input"),
+    (["explain", *GEOMETRY, "--output-padding", "1"], "add --transposed"),
+    (["explain", "--input", "1x2x3x3", "--weight", "2x1x3x3", "--stride", "2", "--transposed",
+      "--output-padding", "2"], "output_padding must satisfy 0 <= output_padding"),
+    (["check", "--input", "1x2x3x3", "--weight", "2x1x3x3", "--stride", "2", "--transposed",
+      "--output-size", "9x9"], "admissible sizes are 7..8"),
+    (["explain", "--input", "1x2x3x3", "--weight", "2x1x3x3", "--transposed",
+      "--padding", "same"], "padding='same' is not defined for transposed"),
+    # the benchmark's own parser may refuse these first: either message will do
+    (["bench", "--threads", "0"], re.compile(r"--threads.* a positive int.*got 0")),
+    (["bench", "--repeats", "-2"], re.compile(r"--repeats.* a positive int.*got -2")),
+    (["bench", "--json", "/nonexistent-folder/b.json"], "does not exist"),
+])
+def test_bad_arguments_are_one_line_and_status_2(capsys, monkeypatch, argv, message):
+    from im2colbp import benchmark
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark ran before the arguments were checked")
+
+    monkeypatch.setattr(benchmark, "run_suite", no_work)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    found = message.search(err) if isinstance(message, re.Pattern) else message in err
+    assert len(err.splitlines()) == 1 and found, err
+    prog = "im2colbp" if argv[0].startswith("-") else f"im2colbp {argv[0]}"
+    assert err.startswith(f"{prog}: error:")
+
+
+def test_bench_plot_without_matplotlib_stops_before_any_work(capsys, monkeypatch):
+    import importlib.util
+
+    from im2colbp import benchmark
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(benchmark, "run_suite", lambda *a, **k: pytest.fail("benchmark ran"))
+    code, out, err = run(capsys, "bench", "--quick", "--plot", "bench.png")
+    assert code == 2 and out == ""
+    assert "--plot needs matplotlib" in err and "pip install 'matplotlib" in err
+    assert ".[figures]" in err and sys.executable in err
+
+
+def test_version(capsys):
+    import im2colbp
+
+    code, out, err = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"im2colbp {im2colbp.__version__}"
+
+
+def test_a_closed_pipe_exits_0_quietly():
+    """`im2colbp demo | head -1`: the reader closes the pipe before the output is flushed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        result = subprocess.run([sys.executable, "-m", "im2colbp", "demo", "--no-timing"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=ROOT, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and result.stderr == ""
+
+
+# --------------------------------------------------------------------------
+# explain: bias, memory, transposed convolution
+# --------------------------------------------------------------------------
+def test_explain_without_bias_has_no_bias_terms(capsys):
+    _, with_bias, _ = run(capsys, "explain", *GEOMETRY)
+    assert "+ b" in with_bias and "db (2,)" in with_bias
+    code, out, _ = run(capsys, "explain", *GEOMETRY, "--no-bias")
+    assert code == 0 and "(no bias)" in out
+    assert "+ b" not in out and "db (" not in out and "bias grad" not in out
+
+
+def test_explain_says_what_memory_a_huge_geometry_needs(capsys):
+    code, out, err = run(capsys, "explain", "--input", "1x1x100000x100000", "--weight", "1x1x3x3")
+    assert code == 0 and err == ""
+    entries = 9 * 99998 * 99998  # X_col of the one sample, 4 bytes each
+    assert f"X_col of one sample: 9 x {99998 * 99998} = {entries:,} entries" in out
+    assert f"{entries * 4 / 2**30:.1f} GiB" in out
+    assert "cannot run here" in out  # 335 GiB: more than this machine's memory
+
+
+def test_explain_memory_of_a_small_geometry(capsys):
+    code, out, _ = run(capsys, "explain", "--input", "4x3x5x5", "--weight", "2x3x3x3")
+    assert code == 0
+    assert "X_col of one sample: 27 x 9 = 243 entries, 972 bytes; of the batch (N=4): 3.8 KiB" \
+        in out
+    assert "4 sample(s) per chunk, 1 chunk(s)" in out and "cannot run" not in out
+
+
+def _independent_landing_map(x_shape, y_channels, kernel, stride, padding, y_size):
+    """Where col2im adds each entry of W^T @ x, by brute force: row (c, k), column o ->
+    flat index of y[c, o*S + k*D - P] in (C_out, *O), -1 when cropped."""
+    in_size = x_shape[2:]
+    rows = []
+    for c in range(y_channels):
+        for offset in np.ndindex(*kernel):
+            row = []
+            for position in np.ndindex(*in_size):
+                target = tuple(o * stride + k - padding for o, k in zip(position, offset))
+                inside = all(0 <= t < size for t, size in zip(target, y_size))
+                row.append(int(np.ravel_multi_index((c,) + target, (y_channels,) + y_size))
+                           if inside else -1)
+            rows.append(row)
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("x_shape, weight_shape, stride, padding, output_padding, y_size", [
+    ((1, 2, 3, 3), (2, 1, 3, 3), 2, 1, 1, (6, 6)),
+    ((1, 1, 4), (1, 2, 3), 3, 2, 0, (8,)),
+    ((2, 2, 2, 3), (2, 3, 2, 2), 1, 0, 0, (3, 4)),
+])
+def test_explain_transposed_landing_map_matches_brute_force(capsys, x_shape, weight_shape, stride,
+                                                            padding, output_padding, y_size):
+    argv = ["explain", "--input", "x".join(map(str, x_shape)),
+            "--weight", "x".join(map(str, weight_shape)), "--stride", str(stride),
+            "--padding", str(padding), "--transposed", "--output-padding", str(output_padding)]
+    spec = cli.conv_spec(cli.build_parser().parse_args(argv))
+    assert spec.output_shape == x_shape[:1] + (weight_shape[1],) + y_size
+    source, _ = cli._column_index_map(spec)
+    np.testing.assert_array_equal(source, _independent_landing_map(
+        x_shape, weight_shape[1], weight_shape[2:], stride, padding, y_size))
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and err == ""
+    assert f"-> y {spec.output_shape}" in out and "col2im" in out
+
+
+def test_explain_transposed_arithmetic_and_gemms(capsys):
+    code, out, _ = run(capsys, "explain", "--input", "1x2x3x3", "--weight", "2x4x3x3",
+                       "--stride", "2", "--padding", "1", "--transposed", "--output-size", "6x6")
+    assert code == 0
+    for text in [
+        "transposed convolution of x (1, 2, 3, 3) with weight (2, 4, 3, 3) + bias (4,)",
+        "C_in = 2, C_out = 4",
+        "O = (I-1)*S - P_before - P_after + D*(K-1) + output_padding + 1",
+        "output_size asks for O=6: output_padding = O - 5 = 1",
+        "O = (3-1)*2 - 1 - 1 + 1*2 + 1 + 1 = 6",
+        "floor((6 + 1 + 1 - 1*2 - 1) / 2) + 1 = 3",
+        "-> y (1, 4, 6, 6)",
+        "Y_col[n] (36 x 9)", "W^T (36 x 2)", "X[n] (2 x 9)",
+        "dW (2 x 36)", "delta_col[n]^T (9 x 36)",
+        "dX[n] (2 x 9)", "W (2 x 36)", "delta_col[n] (36 x 9)",
+        "y[n] = col2im(Y_col[n]) + b",
+        "db (4,)", "36 positions",
+        "'.' lands in the padding and is cropped away",
+    ]:
+        assert text in out, text
+
+
+@pytest.mark.parametrize("argv", [
+    ["--input", "1x2x3x3", "--weight", "2x3x3x3", "--stride", "2", "--padding", "1"],
+    ["--input", "2x4x3x4", "--weight", "4x3x3x3", "--stride", "2", "--padding", "1",
+     "--groups", "2", "--output-size", "6x8"],
+    ["--input", "3x5", "--weight", "3x2x3", "--stride", "2", "--dilation", "3",
+     "--output-padding", "2", "--no-bias"],  # output_padding >= stride: dx is cropped
+    ["--input", "1x2x4", "--weight", "2x2x3", "--stride", "2", "--padding", "1",
+     "--padding-mode", "reflect", "--dtype", "float32"],
+    ["--input", "1x1x2x3x2", "--weight", "1x2x2x2x2", "--stride", "2", "--padding", "0:1,1,0",
+     "--padding-mode", "circular"],
+])
+def test_check_transposed_passes(capsys, argv):
+    code, out, err = run(capsys, "check", "--transposed", *argv)
+    assert code == 0 and err == "", out
+    assert "OK: forward and every gradient agree" in out and "conv_transpose" in out
+    names = [line.split()[0] for line in out.splitlines() if line.startswith("   ")]
+    for name in ("y", "dx", "dW"):
+        assert name in names
+    assert ("db" in names) == ("--no-bias" not in argv)
+    assert "y (no bias) by channel transposition" in out
+
+
+def test_check_transposed_reports_a_mismatch(capsys, monkeypatch):
+    real = cli.conv_transpose_backward
+
+    def wrong(dy, ctx, **kwargs):
+        grads = real(dy, ctx, **kwargs)
+        return ConvGrads(grads.input * 1.01, grads.weight, grads.bias)
+
+    monkeypatch.setattr(cli, "conv_transpose_backward", wrong)
+    code, out, _ = run(capsys, "check", "--transposed", "--input", "1x2x3x3", "--weight",
+                       "2x3x3x3", "--stride", "2")
+    assert code == 1
+    assert "<-- MISMATCH" in next(line for line in out.splitlines()
+                                  if line.strip().startswith("dx"))
+
+
+def test_demo_marks_padding_not_data_zeros(capsys):
+    code, out, _ = run(capsys, "demo", "--no-timing")
+    assert code == 0 and "zeros are padding" not in out
+    lines = {line.split(")")[0].strip() + ")": line.split(")", 1)[1].split()
+             for line in out.splitlines() if line.strip().startswith("(0,")}
+    red = np.arange(5.0)  # red ramp: columns 0..4, so column 0 is data 0
+    for kh in range(3):
+        for kw in range(3):
+            row = lines[f"(0,{kh},{kw})"]
+            for window, cell in enumerate(row):
+                oh, ow = divmod(window, 3)
+                i, j = 2 * oh + kh - 1, 2 * ow + kw - 1  # unpadded index
+                if 0 <= i < 5 and 0 <= j < 5:
+                    assert cell == f"{red[j]:g}", (kh, kw, window)
+                else:
+                    assert cell == ".", (kh, kw, window)
+
+
+def test_the_readmes_commands_run(capsys):
+    """Every `.venv/bin/im2colbp ...` command of the README (but the benchmark) exits 0."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"`\.venv/bin/im2colbp ([^`]+)`", text)
+    assert len(commands) >= 5
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[0] == "bench":
+            continue
+        code, _, err = run(capsys, *argv)
+        assert code == 0 and err == "", command

@@ -143,7 +143,11 @@ def test_conv_transpose_layer_matches_reference_and_finite_differences(make, x_s
         np.testing.assert_allclose(layer.grad_bias, numerical_gradient(f_b, layer.bias, dy),
                                    rtol=1e-6, atol=1e-7)
     before = layer.grad_weight.copy()
-    layer.backward(dy)  # the same context again: accumulates a second copy
+    with pytest.raises(ValueError, match="no forward is waiting for backward"):
+        layer.backward(dy)  # that forward was back-propagated already
+    np.testing.assert_array_equal(layer.grad_weight, before)
+    layer(x, output_size=output_size)
+    layer.backward(dy)  # a second forward of x: accumulates a second copy
     np.testing.assert_allclose(layer.grad_weight, 2 * before, rtol=1e-12)
 
 
@@ -532,3 +536,384 @@ def test_transpose_padding_modes_are_adjoints_of_torch_convolutions(mode):
     z = torch.zeros(y.shape, dtype=torch.float64, requires_grad=True)
     (forward(z) * torch.from_numpy(x)).sum().backward()
     np.testing.assert_allclose(y, z.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# weight sharing: every forward keeps its context, backward goes last-in, first-out
+# --------------------------------------------------------------------------
+def test_shared_layer_backward_uses_each_forwards_own_input():
+    """The issue's case: L(x1); L(x2); backward(dy2); backward(dy1)."""
+    layer = Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0)
+    kw = _conv_kwargs(layer)
+    x1, x2 = _normal((2, 2, 5, 5), 1), _normal((2, 2, 5, 5), 2)
+    y1, y2 = layer(x1), layer(x2)
+    dy1, dy2 = _normal(y1.shape, 3), _normal(y2.shape, 4)
+    dx2 = layer.backward(dy2)
+    dx1 = layer.backward(dy1)
+    expected = (reference.conv_grad_weight(dy1, x1, layer.weight.shape, **kw)
+                + reference.conv_grad_weight(dy2, x2, layer.weight.shape, **kw))
+    np.testing.assert_allclose(layer.grad_weight, expected, rtol=1e-12, atol=1e-12)
+    for dx, dy in ((dx1, dy1), (dx2, dy2)):
+        np.testing.assert_allclose(
+            dx, reference.conv_grad_input(dy, layer.weight, x1.shape, **kw), rtol=1e-12,
+            atol=1e-12)
+    assert layer.pending == ()
+
+
+def test_explicit_context_gives_any_order():
+    layer = ConvTranspose1d(2, 3, 3, stride=2, dtype=np.float64, rng=0)
+    xs = [_normal((1, 2, 4 + i), 10 + i) for i in range(3)]  # three different sizes
+    outputs = [layer.forward_with_context(x) for x in xs]
+    assert [ctx.number for _, ctx in outputs] == [1, 2, 3]
+    assert [ctx.state for ctx in layer.pending] == ["pending"] * 3
+    dys = [_normal(y.shape, 20 + i) for i, (y, _) in enumerate(outputs)]
+    for i in (0, 2, 1):  # neither LIFO nor FIFO
+        dx = layer.backward(dys[i], ctx=outputs[i][1])
+        np.testing.assert_allclose(
+            dx, reference.conv(dys[i], layer.weight, stride=2), rtol=1e-12, atol=1e-12)
+        assert outputs[i][1].state == "used"
+    expected = sum(
+        numerical_gradient(lambda v, x=x: reference.conv_transpose(x, v, stride=2),
+                           layer.weight, dy)
+        for x, dy in zip(xs, dys))
+    np.testing.assert_allclose(layer.grad_weight, expected, rtol=1e-6, atol=1e-8)
+
+
+def _torch_layer(torch, ours):
+    name = type(ours).__name__
+    theirs = getattr(torch.nn, name)(
+        ours.in_channels, ours.out_channels, ours.kernel_size, stride=ours.stride,
+        padding=ours.padding, dilation=ours.dilation, groups=ours.groups,
+        bias=ours.bias is not None, dtype=torch.float64,
+        **({"output_padding": ours.output_padding} if ours.transposed else {}))
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return theirs
+
+
+@pytest.mark.parametrize("make, x_shape", [
+    (lambda: Conv2d(3, 3, 3, padding=1, dtype=np.float64, rng=0), (2, 3, 5, 5)),
+    (lambda: ConvTranspose2d(3, 3, 3, stride=1, padding=1, dtype=np.float64, rng=0),
+     (2, 3, 4, 4)),
+])
+def test_shared_layer_three_uses_matches_torch(make, x_shape):
+    """x -> L -> relu -> L -> relu -> L, plus a skip L(x): four uses of one layer."""
+    torch = pytest.importorskip("torch")
+    layer = make()
+    theirs = _torch_layer(torch, layer)
+    x = _normal(x_shape, 1)
+    # ours, by hand: a chain of three uses, then a fourth (skip) use on x
+    h1 = layer(x)
+    m1 = h1 > 0
+    h2 = layer(h1 * m1)
+    m2 = h2 > 0
+    h3 = layer(h2 * m2)
+    skip = layer(x)
+    dout = _normal(h3.shape, 2)
+    # reverse mode: the skip (last forward) first, then the chain from its end
+    dx_skip = layer.backward(dout)
+    dh2 = layer.backward(dout) * m2
+    dh1 = layer.backward(dh2) * m1
+    dx = layer.backward(dh1) + dx_skip
+    assert layer.pending == ()
+
+    x_t = torch.tensor(x, requires_grad=True)
+    relu = torch.relu
+    out_t = theirs(relu(theirs(relu(theirs(x_t))))) + theirs(x_t)
+    out_t.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(h3 + skip, out_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, x_t.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grad_weight, theirs.weight.grad.numpy(), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(layer.grad_bias, theirs.bias.grad.numpy(), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_interleaved_shared_layers_match_torch():
+    """a(x1), b(.), a(x2), b(.): two shared layers, backward in reverse order, siamese loss."""
+    torch = pytest.importorskip("torch")
+    a = Conv1d(2, 4, 3, padding=1, dtype=np.float64, rng=1)
+    b = ConvTranspose1d(4, 2, 4, stride=2, padding=1, dtype=np.float64, rng=2)
+    a_t, b_t = _torch_layer(torch, a), _torch_layer(torch, b)
+    x1, x2 = _normal((3, 2, 6), 3), _normal((3, 2, 6), 4)
+    z1 = b(a(x1))
+    z2 = b(a(x2))
+    dz = _normal(z1.shape, 5)
+    # loss = <z1 - z2, dz>: dz for the first branch, -dz for the second
+    dx2 = a.backward(b.backward(-dz))
+    dx1 = a.backward(b.backward(dz))
+
+    x1_t, x2_t = (torch.tensor(v, requires_grad=True) for v in (x1, x2))
+    difference = b_t(a_t(x1_t)) - b_t(a_t(x2_t))
+    difference.backward(torch.from_numpy(dz))
+    np.testing.assert_allclose(z1 - z2, difference.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in ((dx1, x1_t.grad), (dx2, x2_t.grad), (a.grad_weight, a_t.weight.grad),
+                         (b.grad_weight, b_t.weight.grad), (a.grad_bias, a_t.bias.grad),
+                         (b.grad_bias, b_t.bias.grad)):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_backward_errors_when_no_pending_forward_matches():
+    layer = Conv1d(1, 2, 3, rng=0)
+    other = Conv1d(1, 2, 3, rng=0)
+    with pytest.raises(ValueError, match="backward called before forward"):
+        layer.backward(np.zeros((1, 2, 3)))
+    y_small, small = layer.forward_with_context(np.zeros((1, 1, 5)))
+    y_big = layer(np.zeros((1, 1, 9)))
+    # the most recent forward is the big one: a dy of the small one's shape is refused,
+    # with a pointer to ctx=, and nothing is consumed or accumulated
+    with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 7\) \(the output of "
+                       r"forward #2, the most recent pending one.*forward #1 has that output"):
+        layer.backward(np.ones(y_small.shape))
+    assert len(layer.pending) == 2 and not layer.grad_weight.any()
+    _, foreign = other.forward_with_context(np.zeros((1, 1, 5)))
+    with pytest.raises(ValueError, match="of another layer"):
+        layer.backward(np.ones(y_small.shape), ctx=foreign)
+    with pytest.raises(TypeError, match="ctx must be a LayerContext"):
+        layer.backward(np.ones(y_small.shape), ctx="first")
+    with pytest.raises(ValueError, match=r"dy must have shape \(1, 2, 3\) \(the output of "
+                       r"forward #1, the ctx given\)"):
+        layer.backward(np.ones(y_big.shape), ctx=small)
+    layer.backward(np.ones(y_small.shape), ctx=small)
+    with pytest.raises(ValueError, match="forward #1, was already back-propagated"):
+        layer.backward(np.ones(y_small.shape), ctx=small)
+    layer.backward(np.ones(y_big.shape))
+    with pytest.raises(ValueError, match="no forward is waiting for backward.*all 2"):
+        layer.backward(np.ones(y_big.shape))  # more backwards than forwards
+
+
+def test_no_grad_keeps_no_context_and_is_per_thread():
+    import threading
+
+    from im2colbp.layer import no_grad
+
+    layer = Conv2d(1, 2, 3, rng=0)
+    x = np.ones((1, 1, 5, 5), dtype=np.float32)
+    y = layer(x)
+    with no_grad():
+        for _ in range(300):  # more than max_pending: nothing is kept
+            np.testing.assert_array_equal(layer(x), y)
+        assert len(layer.pending) == 1
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(layer(x)))
+        thread.start()
+        thread.join()
+        assert len(layer.pending) == 2  # another thread still records
+        with pytest.raises(ValueError, match="under no_grad"):
+            layer.forward_with_context(x)
+    with pytest.raises(RuntimeError):
+        with no_grad():
+            raise RuntimeError
+    layer(x)  # recording again after both blocks
+    assert len(layer.pending) == 3
+    fresh = Conv2d(1, 2, 3, rng=0)
+    with no_grad():
+        fresh(x)
+    with pytest.raises(ValueError, match="before forward"):
+        fresh.backward(np.ones_like(y))
+
+
+def test_pending_contexts_are_bounded_loudly():
+    layer = Conv1d(1, 1, 3, rng=0)
+    x = np.ones((1, 1, 5), dtype=np.float32)
+    assert layer.max_pending == 256
+    layer.max_pending = 3
+    for _ in range(3):
+        layer(x)
+    with pytest.raises(ValueError, match=r"3 forward passes are already waiting.*no_grad"):
+        layer(x)
+    assert layer.clear_contexts() == 3 and layer.pending == ()
+    with pytest.raises(ValueError, match="no forward is waiting"):
+        layer.backward(np.ones((1, 1, 3)))
+    layer.max_pending = None
+    for _ in range(5):
+        layer(x)
+    assert len(layer.pending) == 5
+
+
+# --------------------------------------------------------------------------
+# state dicts of whole networks: prefix, strict, named_parameters
+# --------------------------------------------------------------------------
+def test_named_parameters_and_prefixed_state_dict():
+    layer = ConvTranspose2d(4, 2, 3, rng=0)
+    named = list(layer.named_parameters("up."))
+    assert [name for name, _ in named] == ["up.weight", "up.bias"]
+    assert named[0][1] is layer.weight and named[1][1] is layer.bias
+    assert [n for n, _ in Conv2d(1, 1, 1, bias=False).named_parameters()] == ["weight"]
+    network: dict = {}
+    Conv2d(1, 4, 3, rng=1).state_dict(destination=network, prefix="0.")
+    layer.state_dict(destination=network, prefix="1.")
+    assert sorted(network) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    np.testing.assert_array_equal(network["1.weight"], layer.weight)
+    with pytest.raises(TypeError, match="prefix must be a string"):
+        layer.state_dict(prefix=1)
+
+
+def test_load_state_dict_prefix_and_strict():
+    network = {"enc.weight": np.ones((2, 1, 3)), "enc.bias": np.arange(2.0),
+               "dec.weight": np.ones((2, 4, 1)), "head.scale": 3.0}
+    layer = Conv1d(1, 2, 3, rng=0)
+    assert layer.load_state_dict(network, prefix="enc.") == ([], [])
+    np.testing.assert_array_equal(layer.bias, [0.0, 1.0])
+    # the hint names the prefixes when the keys are nested
+    with pytest.raises(ValueError, match=r"keys are nested.*'dec\.', 'enc\.'.*prefix="):
+        Conv1d(1, 2, 3).load_state_dict(network)
+    # strict=False loads what is there and reports the rest, as PyTorch
+    dec = ConvTranspose1d(2, 4, 1, rng=0)
+    bias_before = dec.bias.copy()
+    result = dec.load_state_dict(network, strict=False, prefix="dec.")
+    assert result.missing_keys == ["dec.bias"] and result.unexpected_keys == []
+    np.testing.assert_array_equal(dec.weight, np.ones((2, 4, 1)))
+    np.testing.assert_array_equal(dec.bias, bias_before)
+    with pytest.raises(ValueError, match=r"missing \['dec.bias'\].*has a bias but the state has "
+                       r"none.*strict=False"):
+        ConvTranspose1d(2, 4, 1).load_state_dict(network, prefix="dec.")
+    extra = dict(network, **{"enc.running_mean": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"unexpected \['enc.running_mean'\]"):
+        Conv1d(1, 2, 3).load_state_dict(extra, prefix="enc.")
+    assert Conv1d(1, 2, 3).load_state_dict(extra, strict=False, prefix="enc.") == (
+        [], ["enc.running_mean"])
+    with pytest.raises(TypeError, match="strict must be True or False"):
+        layer.load_state_dict(network, strict="no", prefix="enc.")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_failed_prefixed_load_leaves_the_layer_unchanged(strict):
+    layer = Conv1d(1, 2, 3, rng=0)
+    before = layer.state_dict()
+    bad = {"enc.weight": np.full((2, 1, 3), 7.0), "enc.bias": np.zeros(3)}  # bias shape wrong
+    with pytest.raises(ValueError, match=r"state_dict\['enc.bias'\] must have shape \(2,\)"):
+        layer.load_state_dict(bad, strict=strict, prefix="enc.")
+    np.testing.assert_array_equal(layer.weight, before["weight"])
+    np.testing.assert_array_equal(layer.bias, before["bias"])
+
+
+def test_torch_sequential_state_dict_loads_into_matching_layers():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+    ).double()
+    ours = {"0": Conv2d(3, 8, 3, stride=2, padding=1, dtype=np.float64),
+            "2": Conv2d(8, 8, 3, padding=1, groups=2, bias=False, dtype=np.float64),
+            "4": ConvTranspose2d(8, 4, 4, stride=2, padding=1, dtype=np.float64)}
+    state = model.state_dict()
+    for prefix, layer in ours.items():
+        assert layer.load_state_dict(state, prefix=prefix + ".") == ([], [])
+    loaded = {}
+    for prefix, layer in ours.items():
+        loaded.update(dict(layer.named_parameters(prefix + ".")))
+    assert sorted(loaded) == sorted(state)
+    x = _normal((2, 3, 8, 8), 1)
+    h = np.maximum(ours["0"](x), 0)
+    h = np.maximum(ours["2"](h), 0)
+    y = ours["4"](h)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# dtypes and sizes (refused before anything is allocated)
+# --------------------------------------------------------------------------
+def test_float16_input_is_computed_and_returned_in_float32():
+    layer = Conv2d(2, 3, 3, rng=0)
+    x16 = _normal((1, 2, 5, 5), 0, np.float16)
+    y = layer(x16)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, layer(x16.astype(np.float32)))
+    np.testing.assert_allclose(
+        y, reference.conv(x16.astype(np.float64), layer.weight.astype(np.float64),
+                          layer.bias.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    dx = layer.backward(np.ones(y.shape, np.float16))
+    assert dx.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [("f4", -1), ("f4", (2,)), [("a", "f4")], "f2", object()])
+def test_odd_dtypes_are_the_librarys_type_error(dtype):
+    with pytest.raises(TypeError, match="dtype must be a NumPy floating dtype"):
+        Conv2d(1, 1, 3, dtype=dtype)
+
+
+_SIZE_SCRIPT = r"""
+import resource, sys
+import numpy as np
+import im2colbp as ib
+cap = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+cases = {
+    "in2^31": lambda: ib.Conv2d(2**31, 8, 3),
+    "30GiB": lambda: ib.Conv2d(30000, 30000, 3),
+    "2^63": lambda: ib.Conv2d(2**63, 6, 3),
+    "kernel10^30": lambda: ib.Conv2d(4, 6, 10**30),
+    "t-out": lambda: ib.ConvTranspose2d(8, 2**40, 3),
+    "nd": lambda: ib.Conv(3, 4, (3,) * 40),
+    "over-the-cap": lambda: ib.Conv2d(10000, 10000, 3),  # 14.4 GB: fits RAM, not the cap
+    "under-the-cap": lambda: ib.Conv2d(1000, 1000, 3),  # 144 MB
+}
+for name, make in cases.items():
+    try:
+        make()
+        print(name, "ok")
+    except ValueError as error:
+        print(name, "ValueError", error)
+    except BaseException as error:
+        print(name, "OTHER", type(error).__name__, error)
+# and a normal layer still works under the cap
+print("small", ib.Conv2d(64, 64, 3)(np.ones((1, 64, 8, 8), np.float32)).shape)
+"""
+
+
+def test_huge_layers_are_refused_before_allocating():
+    """Under an address-space cap NumPy's allocator would fail: the check must come first."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("resource")
+    import resource
+
+    # the cap: what this test's child needs to start (numpy, im2colbp) plus 1.5 GiB
+    cap = 3 * 2**30 if sys.maxsize > 2**32 else 2**30
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY and hard < cap:
+        pytest.skip("the address-space limit is already below the test's cap")
+    result = subprocess.run([sys.executable, "-c", _SIZE_SCRIPT, str(cap)], capture_output=True,
+                            text=True, timeout=120,
+                            env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    for name, argument in [("in2^31", "in_channels=2147483648"),
+                           ("30GiB", "in_channels=30000 and out_channels=30000"),
+                           ("2^63", "in_channels=9223372036854775808"),
+                           ("kernel10^30", "kernel_size="),
+                           ("t-out", "out_channels=1099511627776"),
+                           ("nd", "kernel_size=(3, 3, 3"),
+                           ("over-the-cap", "in_channels=10000 and out_channels=10000")]:
+        assert lines[name].startswith("ValueError"), (name, lines[name])
+        assert argument in lines[name] and "bytes" in lines[name], (name, lines[name])
+    assert "RLIMIT_AS" in lines["over-the-cap"]
+    assert lines["under-the-cap"] == "ok"
+    assert lines["small"] == "(1, 64, 6, 6)"
+
+
+def test_each_pending_forward_is_differentiated_at_its_own_weights():
+    """An update between two forwards (e.g. truncated BPTT with a step in between)."""
+    layer = Conv1d(2, 3, 3, padding=1, dtype=np.float64, rng=0)
+    kw = _conv_kwargs(layer)
+    x1, x2 = _normal((2, 2, 6), 1), _normal((2, 2, 6), 2)
+    w1 = layer.weight.copy()
+    y1 = layer(x1)
+    layer.weight -= 0.5  # in place, as an optimiser does
+    w2 = layer.weight.copy()
+    y2 = layer(x2)
+    dy1, dy2 = _normal(y1.shape, 3), _normal(y2.shape, 4)
+    dx2 = layer.backward(dy2)
+    dx1 = layer.backward(dy1)
+    np.testing.assert_allclose(dx1, reference.conv_grad_input(dy1, w1, x1.shape, **kw),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx2, reference.conv_grad_input(dy2, w2, x2.shape, **kw),
+                               rtol=1e-12, atol=1e-12)

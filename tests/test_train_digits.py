@@ -1,27 +1,32 @@
-"""scripts/train_digits.py: a shortened run learns; one step matches the same network in torch."""
+"""The digits example (im2colbp.digits, scripts/train_digits.py): a shortened run learns; one
+step matches the same network in torch; it runs from the package and from the checkout."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+import im2colbp.digits
+from im2colbp.gradcheck import directional_derivative_check, numerical_gradient
 
-from im2colbp.gradcheck import directional_derivative_check, numerical_gradient  # noqa: E402
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_digits.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_digits.py"
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="scikit-learn is not installed")
 
 
 @pytest.fixture(scope="module")
 def td():
-    spec = importlib.util.spec_from_file_location("train_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if importlib.util.find_spec("sklearn") is None:
+        pytest.skip("scikit-learn is not installed")
+    return im2colbp.digits
 
 
 def test_data_split_is_fixed_stratified_80_20(td):
@@ -120,3 +125,62 @@ def test_one_training_step_matches_torch(td):
     for name, value, _ in ours.parameters():
         np.testing.assert_allclose(value, torch_params[name].detach().numpy(), rtol=1e-9,
                                    atol=1e-12, err_msg=name)
+
+
+def test_predict_keeps_no_layer_contexts(td):
+    result = td.train(epochs=1, seed=0, train_limit=64, log=None)
+    model = result["model"]
+    assert model.conv1.pending == () and model.conv2.pending == ()
+
+
+def test_without_scikit_learn_the_example_says_what_to_install(monkeypatch, capsys):
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails
+    with pytest.raises(ImportError) as error:
+        im2colbp.digits.load_data()
+    message = str(error.value)
+    assert f"{sys.executable} -m pip install scikit-learn" in message
+    assert f"{sys.executable} -m pip install '.[examples]'" in message
+    assert "im2colbp[examples]" not in message  # no such package on the index
+    assert im2colbp.digits.main(["--epochs", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "im2colbp.digits", "--help"],  # the installed package
+    [str(SCRIPT), "--help"],  # the checkout's script
+])
+def test_the_example_runs_from_the_package_and_the_checkout(command, tmp_path):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--epochs" in result.stdout and "digits" in result.stdout
+
+
+def test_the_checkout_script_runs_without_an_installed_package(tmp_path):
+    """A fresh clone, before `pip install`: the script uses the package next to it.
+
+    ``python -S`` skips site-packages and its .pth files (so an installed or
+    editable im2colbp is invisible); PYTHONPATH points at NumPy's folder only.
+    """
+    import shutil
+
+    numpy_folder = Path(np.__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "im2colbp", clone / "im2colbp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (clone / "scripts").mkdir()
+    shutil.copy(SCRIPT, clone / "scripts" / "train_digits.py")
+    env = dict(os.environ, PYTHONPATH=str(numpy_folder))
+    probe = subprocess.run([sys.executable, "-S", "-c", "import im2colbp"], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0:
+        pytest.skip("im2colbp is importable from NumPy's folder: cannot hide it")
+    result = subprocess.run([sys.executable, "-S", str(clone / "scripts" / "train_digits.py"),
+                             "--help"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--epochs" in result.stdout
