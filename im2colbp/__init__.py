@@ -28,8 +28,10 @@ from .layer import (
     ConvTranspose1d,
     ConvTranspose2d,
     ConvTranspose3d,
+    no_grad,
 )
 from .lowering import col2im, im2col
+from .memory import AllocationError, get_memory_limit, memory_limit
 from .operators import conv_operator, im2col_operator
 from .plan import ConvPlan, plan_conv
 from .transposition import (
@@ -50,6 +52,7 @@ from .workspace import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationError",
     "Conv",
     "Conv1d",
     "Conv2d",
@@ -79,9 +82,12 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_backward",
     "conv_transpose_forward",
+    "get_memory_limit",
     "get_workspace_limit",
     "im2col",
     "im2col_operator",
+    "memory_limit",
+    "no_grad",
     "plan_conv",
     "release_scratch",
     "retained_scratch_bytes",

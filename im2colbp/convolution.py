@@ -41,9 +41,12 @@ from .geometry import (
     Padding,
     as_float_array,
     check_array_shape,
+    parse_wrt,
     result_dtype,
+    size_culprit,
 )
-from .plan import ConvPlan, make_plan
+from .memory import check_allocation, format_bytes, get_memory_limit
+from .plan import ConvPlan, Step, make_plan
 
 __all__ = [
     "ConvGrads",
@@ -59,7 +62,7 @@ __all__ = [
     "conv_transpose_backward",
 ]
 
-_WRT = ("input", "weight", "bias")
+_WRT = ("input", "weight", "bias")  # the order of ConvGrads and of parse_wrt's answer
 
 
 class ConvGrads(NamedTuple):
@@ -123,17 +126,36 @@ def _snapshot(call: ForwardCall, keep_x: bool) -> Tuple[Optional[np.ndarray], np
     return x, weight
 
 
-def _parse_wrt(wrt: Any) -> Tuple[bool, bool, bool]:
-    if isinstance(wrt, str):
-        wrt = (wrt,)
-    try:
-        names = tuple(wrt)
-    except TypeError:
-        raise TypeError(f"wrt must be a tuple drawn from {_WRT}, got {wrt!r}") from None
-    for name in names:
-        if not isinstance(name, str) or name not in _WRT:
-            raise ValueError(f"wrt entries must be strings in {_WRT}, got {name!r}")
-    return ("input" in names, "weight" in names, "bias" in names)
+def _refuse_if_too_large(plan: ConvPlan, function: str, results: Tuple[str, ...],
+                         steps: Tuple[Step, ...], context: bool = False) -> None:
+    """Raise AllocationError, before anything is allocated, when the call's results,
+    its context's copies and its largest pass's scratch cannot fit in memory."""
+    sizes = plan.result_bytes
+    parts = {name: sizes[name] for name in results}
+    passes = [p for step in steps for p in step.passes]
+    biggest = max(passes, key=lambda p: p.scratch_bytes)
+    parts["scratch"] = biggest.scratch_bytes
+    if context:
+        parts["weight"] = parts.get("weight", 0) + sizes["weight"]
+        parts["context"] = plan.kept_bytes or sizes["input"]  # the columns, or a copy of x
+    total = sum(parts.values())
+    if total <= get_memory_limit():
+        return
+    g, window = plan.geometry, plan.geometry.window
+    largest = max(parts, key=parts.__getitem__)
+    if largest == "weight":
+        culprit = f"the weight shape {g.weight_shape}"
+    elif largest == "scratch":  # the columns, or the padded copies they are cut from
+        staged = biggest.sample_bytes - biggest.column_bytes
+        culprit = size_culprit(window, "columns" if biggest.column_bytes >= staged else "padded",
+                               transposed=plan.transposed, channels=g.in_channels)
+    else:
+        array = "output" if largest == "output" else "input"
+        channels = g.out_channels if (array == "output") != plan.transposed else g.in_channels
+        culprit = size_culprit(window, array, transposed=plan.transposed, batch=g.batch,
+                               channels=channels)
+    shapes = ", ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
+    check_allocation(total, culprit, f"{function} ({shapes})")
 
 
 def _add_bias(y: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
@@ -200,6 +222,7 @@ def conv_forward(
     call = forward_call(x, weight, bias,
                         geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None)
+    _refuse_if_too_large(plan, "conv_forward", ("output",), (plan.forward,), context=True)
     keep = bool(plan.keep_columns.choice)
     y, kept = engine.product(plan.forward.passes[0], plan.dtype, call.x, call.weight, keep=keep)
     _add_bias(y, call.bias)
@@ -283,6 +306,7 @@ def conv(
                         geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None,
                      keep_for_backward=False)
+    _refuse_if_too_large(plan, "conv", ("output",), (plan.forward,))
     y, _ = engine.product(plan.forward.passes[0], plan.dtype, call.x, call.weight)
     return call.result(_add_bias(y, call.bias))
 
@@ -319,9 +343,11 @@ def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGr
         )
     if ctx.transposed:
         return conv_transpose_backward(dy, ctx, wrt=wrt)
-    want_input, want_weight, want_bias = _parse_wrt(wrt)
+    want_input, want_weight, want_bias = parse_wrt(wrt)
     dyb, dtype = _delta(dy, ctx, ctx.geometry.output_shape)
     plan = _backward_plan(ctx, dtype)
+    _refuse_if_too_large(plan, "conv_backward", ("input", "weight"),
+                         (plan.input_gradient, plan.weight_gradient))
     dw = dx = None
     if want_weight:
         dw = engine.weight_gradient(plan.weight_gradient.passes[0], dtype, ctx.x, dyb,
@@ -378,6 +404,7 @@ def conv_grad_input(
     call = grad_input_call(dy, weight, input_shape,
                            geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     plan = make_plan(call.geometry, call.dtype, method=method, keep_for_backward=False)
+    _refuse_if_too_large(plan, "conv_grad_input", ("input",), (plan.input_gradient,))
     return call.result(engine.adjoint(plan.input_gradient, plan.dtype, call.weight, call.dy))
 
 
@@ -419,6 +446,7 @@ def conv_grad_weight(
     call = grad_weight_call(dy, x, weight_shape,
                             geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     plan = make_plan(call.geometry, call.dtype, method=method, keep_for_backward=False)
+    _refuse_if_too_large(plan, "conv_grad_weight", ("weight",), (plan.weight_gradient,))
     return engine.weight_gradient(plan.weight_gradient.passes[0], plan.dtype, call.x, call.dy)
 
 
@@ -485,6 +513,8 @@ def conv_transpose_forward(
                                               output_size=output_size), transposed=True)
     plan = make_plan(call.geometry, call.dtype, method=method, transposed=True,
                      has_bias=bias is not None)
+    _refuse_if_too_large(plan, "conv_transpose_forward", ("output",), (plan.forward,),
+                         context=True)
     y = engine.adjoint(plan.forward, plan.dtype, call.weight, call.x)
     _add_bias(y, call.bias)
     saved_x, saved_weight = _snapshot(call, keep_x=True)
@@ -556,6 +586,7 @@ def conv_transpose(
                                               output_size=output_size), transposed=True)
     plan = make_plan(call.geometry, call.dtype, method=method, transposed=True,
                      has_bias=bias is not None, keep_for_backward=False)
+    _refuse_if_too_large(plan, "conv_transpose", ("output",), (plan.forward,))
     y = engine.adjoint(plan.forward, plan.dtype, call.weight, call.x)
     return call.result(_add_bias(y, call.bias))
 
@@ -575,9 +606,11 @@ def conv_transpose_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Any = _WRT)
     """
     if not isinstance(ctx, ConvContext) or not ctx.transposed:
         raise TypeError("ctx must be the ConvContext returned by conv_transpose_forward")
-    want_input, want_weight, want_bias = _parse_wrt(wrt)
+    want_input, want_weight, want_bias = parse_wrt(wrt)
     dyb, dtype = _delta(dy, ctx, ctx.geometry.input_shape)
     plan = _backward_plan(ctx, dtype)
+    _refuse_if_too_large(plan, "conv_transpose_backward", ("input", "weight"),
+                         (plan.input_gradient, plan.weight_gradient))
     # δ_t plays the convolution's input; x plays its output gradient.
     dx = dw = None
     if want_input:

@@ -12,12 +12,14 @@ module depends on :mod:`im2colbp.geometry` only.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .geometry import as_float_array, as_int, as_int_tuple, rank_and_batching
+from .memory import check_allocation
 
 __all__ = ["backprop_kernel", "zero_insert"]
 
@@ -157,6 +159,8 @@ def zero_insert(dy: ArrayLike, stride: Any) -> np.ndarray:
             )
     lead = dy.shape[: dy.ndim - rank]
     inserted = tuple((o - 1) * s + 1 for o, s in zip(spatial, steps))  # Z per axis
+    check_allocation(math.prod(lead + inserted) * dy.dtype.itemsize, f"stride {steps}",
+                     f"zero_insert: the result {lead + inserted}")
     z = np.zeros(lead + inserted, dtype=dy.dtype)  # (..., *Z)
     z[(Ellipsis,) + tuple(slice(None, None, s) for s in steps)] = dy
     return z

@@ -371,13 +371,23 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
                     fold, layout)
 
 
-def _transposition_geometry(geometry: ConvGeometry) -> Optional[ConvGeometry]:
-    """The stride-1 convolution of δ that gives dx, or None where it cannot serve."""
+def _transposition_blocker(geometry: ConvGeometry) -> Optional[str]:
+    """Why the stride-1 transposition route cannot serve, or None."""
     window = geometry.window
     pairs = window.transposition_padding(padded_input=window.padding_mode != "zeros")
-    if (any(s != 1 for s in window.stride) or any(b < 0 or a < 0 for b, a in pairs)
-            or geometry.batch == 0 or geometry.in_channels == 0 or geometry.out_channels == 0):
-        return None
+    if any(s != 1 for s in window.stride):
+        return "stride > 1"
+    if geometry.batch == 0 or geometry.in_channels == 0 or geometry.out_channels == 0:
+        return "nothing to lower"
+    if any(b < 0 or a < 0 for b, a in pairs):
+        return "a padding larger than D·(K-1) would need a crop of δ"
+    return None
+
+
+def _transposition_geometry(geometry: ConvGeometry) -> ConvGeometry:
+    """The stride-1 convolution of δ that gives dx (see :func:`_transposition_blocker`)."""
+    window = geometry.window
+    pairs = window.transposition_padding(padded_input=window.padding_mode != "zeros")
     kernel_shape = (geometry.in_channels, geometry.out_channels // geometry.groups)
     return conv_geometry(
         (geometry.batch, geometry.out_channels) + window.out_size,
@@ -389,36 +399,42 @@ def _transposition_geometry(geometry: ConvGeometry) -> Optional[ConvGeometry]:
 def _adjoint_step(operation: str, geometry: ConvGeometry, method: str, itemsize: int,
                   limit: int) -> Step:
     window = geometry.window
-    backward = _transposition_geometry(geometry)
     forced_route = dict(_forced.get()).get("adjoint")
     fold = window if window.padding_mode != "zeros" else None
-    copied = geometry.out_channels * window.kernel_volume * window.out_volume
+    blocker = _transposition_blocker(geometry)
+    # the transposition's columns have one row per (filter, tap) and one column per
+    # (padded) input sample; col2im's one row per (input channel, tap) and one column
+    # per window, and its scatter-add reads and writes them again
+    reached = math.prod(window.padded_size if fold is not None else window.in_size)
+    copied = geometry.out_channels * window.kernel_volume * reached
     written = geometry.in_channels * window.kernel_volume * window.out_volume
     fallback = " (col2im instead when the weight holds inf/nan: inf·0 at the padding is nan)"
-    if forced_route == "transposition" and backward is not None:
-        route = Decision("transposition", "forced" + fallback)
-    elif forced_route == "col2im":
+    route: Optional[Decision] = None  # None: take the transposition route
+    why_transposition = (
+        "stride 1: dx is the stride-1 convolution of δ padded by {padding} with the "
+        f"channel-swapped, flipped kernel; it copies {copied} entries of δ instead of "
+        f"writing and scatter-adding {written}")
+    if forced_route == "col2im":
         route = Decision("col2im", "forced")
+    elif blocker is not None:
+        route = Decision("col2im", f"col2im(Wᵀ·δ); the transposition route cannot serve: "
+                                   f"{blocker}")
+    elif forced_route == "transposition":
+        why_transposition = "forced"
     elif method == "im2col":
         route = Decision("col2im", "method='im2col': the taught lowering, col2im(Wᵀ·δ)")
-    elif backward is None:
-        why = ("stride > 1" if any(s != 1 for s in window.stride)
-               else "nothing to lower" if geometry.batch == 0 or written == 0 or copied == 0
-               else "a padding larger than D·(K-1) would need a crop of δ")
-        route = Decision("col2im", f"col2im(Wᵀ·δ); the transposition route cannot serve: {why}")
-    elif geometry.out_channels >= 2 * geometry.in_channels:
-        route = Decision("col2im", f"col2im(Wᵀ·δ): C_out = {geometry.out_channels} ≥ 2·C_in, "
-                                   "so the transposition would copy more than col2im writes")
-    else:
-        route = Decision("transposition", (
-            f"stride 1: dx is the stride-1 convolution of δ padded by "
-            f"{backward.window.padding} with the channel-swapped, flipped kernel; it copies "
-            f"{copied} entries of δ instead of writing and scatter-adding {written}" + fallback))
+    elif copied >= 2 * written:
+        route = Decision("col2im", (
+            f"col2im(Wᵀ·δ): the transposition would copy {copied} entries of δ, at least "
+            f"twice the {written} col2im writes and scatter-adds"))
     col2im = _pass("col2im", geometry, itemsize, limit)
-    if route.choice == "transposition" and backward is not None:
-        return Step(operation, route, (_pass("product", backward, itemsize, limit, fold=fold),),
-                    fallback=col2im)
-    return Step(operation, route, (col2im,))
+    if route is not None:
+        return Step(operation, route, (col2im,))
+    backward = _transposition_geometry(geometry)
+    route = Decision("transposition",
+                     why_transposition.format(padding=backward.window.padding) + fallback)
+    return Step(operation, route, (_pass("product", backward, itemsize, limit, fold=fold),),
+                fallback=col2im)
 
 
 def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",

@@ -387,3 +387,32 @@ def test_forced_layout_is_planned_and_run(layout):
         ib.conv(np.ones((2, 2, 9, 9)), np.ones((3, 2, 3, 3)))
     assert plan.forward.passes[0].layout == ib.plan.Decision(layout, "forced")
     assert passes[0][2] == layout
+
+
+# --------------------------------------------------------------------------
+# long sums and huge kernels
+# --------------------------------------------------------------------------
+def test_long_float32_sums_through_a_broadcast_weight_stay_accurate():
+    """A broadcast (zero-stride) 3·10⁷-tap float32 weight: the sum is 3·10⁷, not the
+    16777216 = 2²⁴ a float32 running sum stalls at; the plan avoids the wide layout's
+    per-tap loop (one output position, 3·10⁷ taps)."""
+    taps = 3 * 10**7
+    x = np.broadcast_to(np.float32(1), (1, 1, taps))
+    w = np.broadcast_to(np.float32(1), (1, 1, taps))
+    with record_passes() as passes:
+        y, ctx = ib.conv_forward(x, w)
+        grads = ib.conv_backward(np.ones_like(y), ctx)
+    assert y.dtype == np.float32 and float(y[0, 0, 0]) == taps
+    assert {layout for _, _, layout, _ in passes} == {"plain"}
+    assert float(grads.weight.min()) == float(grads.weight.max()) == 1.0
+    assert float(grads.input.min()) == float(grads.input.max()) == 1.0
+    b = ib.conv_grad_bias(np.broadcast_to(np.float32(1), (taps // 100, 1, 100)))
+    assert float(b[0]) == taps
+
+
+def test_huge_kernel_plans_no_absurd_transposition():
+    """A 10⁶-tap kernel with one output: the transposition route would lower δ into
+    10¹² column entries; the plan keeps col2im (and says why)."""
+    plan = ib.plan_conv((1, 1, 10**6), (1, 1, 10**6), dtype=np.float64)
+    assert plan.input_gradient.route.choice == "col2im"
+    assert "twice" in plan.input_gradient.route.reason

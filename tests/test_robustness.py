@@ -266,7 +266,6 @@ def test_parse_wrt_gives_the_library_messages():
     assert parse_wrt(np.array("weight")) == (False, True, False)
 
 
-@pytest.mark.xfail(strict=True, reason="needs conv.py to call geometry.parse_wrt")
 def test_wrt_with_an_array_entry_through_conv_backward():
     y, ctx = ib.conv_forward(np.ones((1, 1, 5)), np.ones((1, 1, 3)))
     with pytest.raises(ValueError, match="wrt entries must be in"):
