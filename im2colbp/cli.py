@@ -51,9 +51,11 @@ from . import (
     conv_transpose_backward,
     conv_transpose_forward,
     get_workspace_limit,
+    plan_conv,
     reference,
 )
 from .examples import edge_filters, rgb_image
+from .explorer import write_explorer
 from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
 from .layer import _memory_limit
@@ -112,6 +114,7 @@ class ConvSpec:
     kwargs: Dict[str, Any]  # the call's keywords as given (stride, padding, ...)
     geometry: ConvGeometry
     transposed: bool = False
+    method: str = "auto"
 
     @property
     def bias_shape(self) -> Optional[Tuple[int, ...]]:
@@ -572,19 +575,23 @@ def _explain_memory(spec: ConvSpec, say: Callable[..., None], number: int) -> No
     say(f"   {matrix} of one sample: {geometry.column_rows} x {geometry.window.out_volume} = "
         f"{sample:,} entries, {_bytes_text(sample * itemsize)}; of the batch (N={batch}): "
         f"{_bytes_text(batch * sample * itemsize)}")
-    limit = get_workspace_limit()
     sample_bytes = sample * itemsize
-    per_chunk = max(1, min(batch, limit // sample_bytes)) if sample_bytes else max(batch, 1)
-    chunks = -(-batch // per_chunk) if batch else 0
-    say(f"   the engine lowers the batch in chunks whose columns fit the workspace limit "
-        f"({_bytes_text(limit)}, ib.workspace_limit):")
-    say(f"   {per_chunk} sample(s) per chunk, {chunks} chunk(s); one sample's columns are the "
-        "least a call needs")
     memory, what = _memory_limit()
     needed = sample_bytes + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
     if memory is not None and needed > memory:
         say(f"   this needs at least {_bytes_text(needed)}: more than {what} "
             f"({_bytes_text(memory)}), so the call cannot run here")
+
+
+def _explain_plan(spec: ConvSpec, say: Callable[..., None], number: int) -> None:
+    """The engine's plan (ib.plan_conv): every route, layout and chunk, with its reason."""
+    say(f"{number}. The engine's plan for float32 under the workspace limit "
+        f"({_bytes_text(get_workspace_limit())}), method={spec.method!r} "
+        "(ib.plan_conv prints the same):")
+    plan = plan_conv(spec.input_shape, spec.weight_shape, bias=spec.bias, dtype=np.float32,
+                        method=spec.method, transposed=spec.transposed, **spec.kwargs)
+    for line in str(plan).splitlines()[1:]:
+        say(f" {line}")
 
 
 #: The numbered sections of ``explain``, in order: ``(spec, say, number) -> None``.
@@ -593,6 +600,7 @@ EXPLAIN_SECTIONS: List[Callable[[ConvSpec, Callable[..., None], int], None]] = [
     _explain_lowering,
     _explain_gemms,
     _explain_memory,
+    _explain_plan,
 ]
 
 
@@ -961,7 +969,36 @@ def _add_explain(commands: Any) -> None:
         formatter_class=_FORMATTER,
     )
     _add_geometry_options(parser)
-    parser.set_defaults(handler=lambda args: explain(conv_spec(args)))
+    parser.add_argument("--method", default="auto", choices=["auto", "im2col"],
+                        help="the method whose plan to print (default auto)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write an interactive, self-contained page of this geometry: "
+                        "point at any cell to see where it comes from and goes to")
+
+    def run(args: argparse.Namespace) -> int:
+        spec = dataclasses.replace(conv_spec(args), method=args.method)
+        if args.html:
+            _write_explorer(spec, args.html)
+        status = explain(spec)
+        if args.html:
+            print(f"\nwrote the interactive explorer to {args.html}")
+        return status
+
+    parser.set_defaults(handler=run)
+
+
+def _write_explorer(spec: ConvSpec, path: str) -> None:
+    """``explain --html``: the explorer page of ``spec``; a refusal is a bad argument."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BadArguments(f"--html: the folder {folder} does not exist")
+    try:
+        write_explorer(path, spec.input_shape, spec.weight_shape, bias=spec.bias,
+                       transposed=spec.transposed, **spec.kwargs)
+    except (ValueError, TypeError) as error:
+        raise BadArguments(f"--html: {error}") from None
+    except OSError as error:
+        raise BadArguments(f"--html: cannot write {path}: {error.strerror}") from None
 
 
 def _add_check(commands: Any) -> None:

@@ -47,7 +47,7 @@ from .geometry import (
     conv_geometry,
     conv_transpose_geometry,
 )
-from .wide_lowering import WideLayout, wide_layout
+from .wide_lowering import MAX_WASTE, WideLayout, wide_layout
 from .workspace import get_workspace_limit, samples_per_chunk
 
 __all__ = [
@@ -317,8 +317,13 @@ def _layout(window: WindowGeometry) -> Tuple[Decision, Optional[WideLayout]]:
                                  f"positions ({positions}): per-tap runs would be short"), None
     layout = wide_layout(window)
     if layout is None:
-        return Decision("plain", "the wide layout would waste more than 25% of the GEMM "
-                                 "columns (or the stride is far larger than the input)"), None
+        unbounded = wide_layout(window, max_waste=float("inf"))
+        waste = 0.0 if unbounded is None else unbounded.wide_positions / positions - 1
+        if waste > MAX_WASTE - 1:
+            why = f"the wide layout would add {waste:.0%} GEMM columns (more than 25%)"
+        else:
+            why = "the stride is far larger than the input: the phase planes would be mostly empty"
+        return Decision("plain", why), None
     waste = layout.wide_positions / positions - 1
     return Decision("wide", f"each of the {window.kernel_volume} kernel offsets copies one "
                             f"contiguous run; {waste:.1%} extra GEMM columns"), layout

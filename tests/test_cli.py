@@ -418,7 +418,38 @@ def test_explain_memory_of_a_small_geometry(capsys):
     assert code == 0
     assert "X_col of one sample: 27 x 9 = 243 entries, 972 bytes; of the batch (N=4): 3.8 KiB" \
         in out
-    assert "4 sample(s) per chunk, 1 chunk(s)" in out and "cannot run" not in out
+    assert "4 of 4 samples per chunk" in out and "cannot run" not in out
+
+
+@pytest.mark.parametrize("method", ["auto", "im2col"])
+@pytest.mark.parametrize("extra", [[], ["--transposed"]])
+def test_explain_prints_the_engines_plan(capsys, method, extra):
+    argv = ["explain", "--input", "2x4x9x9", "--weight", "4x4x3x3", "--padding", "1",
+            "--method", method] + extra
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and err == ""
+    import im2colbp as ib
+    geometry = dict(stride=1, padding=1, dilation=1, groups=1, padding_mode="zeros")
+    plan = ib.plan_conv((2, 4, 9, 9), (4, 4, 3, 3), method=method, transposed=bool(extra),
+                        **geometry)
+    for line in str(plan).splitlines()[1:]:
+        assert line in out
+    route = plan.forward if extra else plan.input_gradient
+    assert route.route.choice == ("transposition" if method == "auto" else "col2im")
+
+
+def test_explain_html_writes_the_explorer(capsys, tmp_path):
+    page = tmp_path / "geometry.html"
+    code, out, err = run(capsys, "explain", *GEOMETRY, "--html", str(page))
+    assert code == 0 and err == "" and f"wrote the interactive explorer to {page}" in out
+    from im2colbp.explorer import explorer_html
+    expected = explorer_html((1, 3, 5, 5), (2, 3, 3, 3), stride=2, padding=1)
+    assert page.read_text() == expected
+    code, _, err = run(capsys, "explain", *GEOMETRY, "--html", str(tmp_path / "no" / "x.html"))
+    assert code == 2 and "--html" in err and "does not exist" in err
+    code, _, err = run(capsys, "explain", "--input", "8x64x56x56", "--weight", "64x64x3x3",
+                       "--html", str(page))
+    assert code == 2 and "--html: geometry too big to draw" in err and len(err.splitlines()) == 1
 
 
 def _independent_landing_map(x_shape, y_channels, kernel, stride, padding, y_size):
