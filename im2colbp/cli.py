@@ -58,8 +58,8 @@ from .examples import edge_filters, rgb_image
 from .explorer import write_explorer
 from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
-from .layer import _memory_limit
 from .lowering import im2col, pad
+from .memory import memory_bound
 
 __all__ = ["main", "build_parser", "demo", "explain", "check", "EXPLAIN_SECTIONS"]
 
@@ -576,9 +576,9 @@ def _explain_memory(spec: ConvSpec, say: Callable[..., None], number: int) -> No
         f"{sample:,} entries, {_bytes_text(sample * itemsize)}; of the batch (N={batch}): "
         f"{_bytes_text(batch * sample * itemsize)}")
     sample_bytes = sample * itemsize
-    memory, what = _memory_limit()
+    memory, what = memory_bound()
     needed = sample_bytes + (math.prod(spec.input_shape) + math.prod(spec.output_shape)) * itemsize
-    if memory is not None and needed > memory:
+    if memory > 0 and needed > memory:
         say(f"   this needs at least {_bytes_text(needed)}: more than {what} "
             f"({_bytes_text(memory)}), so the call cannot run here")
 

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from typing import (
     Any,
@@ -104,6 +103,7 @@ from .geometry import (
     parse_padding,
     parse_padding_mode,
 )
+from .memory import memory_bound
 
 __all__ = [
     "Conv",
@@ -278,39 +278,6 @@ def _format_bytes(nbytes: int) -> str:
     return f"about {float(nbytes):.3g} bytes"
 
 
-def _memory_limit() -> Tuple[Optional[int], str]:
-    """The bytes this process can hope to allocate, and what sets that bound.
-
-    The smallest of the machine's physical memory and the process's
-    ``RLIMIT_AS`` / ``RLIMIT_DATA`` soft limits (where the platform has them).
-    """
-    limits: List[Tuple[int, str]] = []
-    try:
-        limits.append((os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
-                       "this machine's physical memory"))
-    except (AttributeError, ValueError, OSError):  # not POSIX
-        pass
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        resource = None  # type: ignore[assignment]
-    if resource is not None:
-        for name in ("RLIMIT_AS", "RLIMIT_DATA"):
-            which = getattr(resource, name, None)
-            if which is None:
-                continue
-            try:
-                soft, _ = resource.getrlimit(which)
-            except (OSError, ValueError):  # pragma: no cover
-                continue
-            if soft != resource.RLIM_INFINITY and soft > 0:
-                limits.append((soft, f"the process's {name} limit"))
-    if not limits:  # pragma: no cover
-        return None, ""
-    nbytes, what = min(limits)
-    return nbytes, what
-
-
 # --------------------------------------------------------------------------
 # the shared machinery
 # --------------------------------------------------------------------------
@@ -379,9 +346,9 @@ class _ConvLayer:
         # weight and grad_weight in the layer's dtype, and the float64 draw of the
         # initialisation (the bias is at most as large as one weight row)
         nbytes = elements * (2 * self.dtype.itemsize + 8)
-        limit, what = _memory_limit()
+        limit, what = memory_bound()
         too_many = elements > MAX_ELEMENTS
-        if not too_many and (limit is None or nbytes <= limit):
+        if not too_many and (limit <= 0 or nbytes <= limit):
             return
         factors = {
             "in_channels": self.in_channels // (1 if self.transposed else self.groups),

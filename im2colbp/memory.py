@@ -37,6 +37,7 @@ __all__ = [
     "memory_limit",
     "get_memory_limit",
     "available_memory",
+    "memory_bound",
     "check_allocation",
     "format_bytes",
 ]
@@ -159,7 +160,16 @@ def get_memory_limit() -> int:
     return available_memory()[0] if user is None else user
 
 
-def _limit_and_source() -> Tuple[int, str]:
+def memory_bound() -> Tuple[int, str]:
+    """(bytes, what sets them): the bound :func:`check_allocation` applies now.
+
+    Examples
+    --------
+    >>> from im2colbp.memory import memory_bound, memory_limit
+    >>> with memory_limit(2**20):
+    ...     memory_bound()
+    (1048576, 'the memory_limit in effect')
+    """
     user = _user_limit.get()
     if user is not None:
         return user, "the memory_limit in effect"
@@ -240,7 +250,7 @@ def check_allocation(nbytes: int, argument: str, detail: str) -> None:
     im2col: the padded input would need 1.00 GiB (1,073,741,824 bytes), more than the
     1.00 MiB available (the memory_limit in effect); it is large because of padding
     """
-    limit, source = _limit_and_source()
+    limit, source = memory_bound()
     if limit <= 0 or nbytes <= limit:
         return
     raise AllocationError(
