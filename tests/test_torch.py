@@ -878,3 +878,33 @@ def test_zero_input_channels_give_the_bias():
     grads = ib.conv_backward(dy, ctx)
     assert grads.input.shape == (2, 0, 5) and grads.weight.shape == (3, 0, 3)
     np.testing.assert_allclose(grads.bias, dy.sum(axis=(0, 2)), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.nn.functional's positional order (issue: `ib.conv(x, w, b, 2, 1)` raised TypeError)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("method", ["auto", "im2col"])
+def test_positional_order_of_torch_functional(rank, method):
+    rng = np.random.default_rng(rank)
+    spatial = (7, 6, 5)[:rank]
+    x = rng.standard_normal((2, 4) + spatial)
+    w = rng.standard_normal((6, 2) + (3,) * rank)
+    b = rng.standard_normal(6)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
+    expected = conv(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), 2, 1, 2, 2)
+    got = ib.conv(x, w, b, 2, 1, 2, 2, method=method)  # stride, padding, dilation, groups
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12, atol=1e-12)
+    y, _ = ib.conv_forward(x, w, b, 2, 1, 2, 2, method=method)
+    np.testing.assert_array_equal(y, got)
+
+    wt = rng.standard_normal((4, 3) + (3,) * rank)  # (C_in, C_out/G, *K)
+    bt = rng.standard_normal(6)
+    conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[rank]
+    # stride, padding, output_padding, groups, dilation
+    expected_t = conv_t(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bt),
+                        2, 1, 1, 2, 2)
+    got_t = ib.conv_transpose(x, wt, bt, 2, 1, 1, 2, 2, method=method)
+    np.testing.assert_allclose(got_t, expected_t.numpy(), rtol=1e-12, atol=1e-12)
+    y_t, _ = ib.conv_transpose_forward(x, wt, bt, 2, 1, 1, 2, 2, method=method)
+    np.testing.assert_array_equal(y_t, got_t)
