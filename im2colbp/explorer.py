@@ -29,7 +29,7 @@ import html
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, SupportsInt, Tuple, Union
 
 import numpy as np
 
@@ -45,9 +45,9 @@ PASSES = ("forward", "input gradient", "weight gradient")
 _Op = Tuple[Tuple[int, ...], int]
 
 
-def _tuple(values: Sequence[int]) -> str:
-    values = [int(v) for v in values]
-    return str(values[0]) if len(values) == 1 else "(" + ",".join(map(str, values)) + ")"
+def _tuple(values: Sequence[SupportsInt]) -> str:
+    ints = [int(v) for v in values]
+    return str(ints[0]) if len(ints) == 1 else "(" + ",".join(map(str, ints)) + ")"
 
 
 def _geometry(input_shape, weight_shape, bias, stride, padding, dilation, groups,
@@ -254,7 +254,7 @@ def explorer_data(
                         col_labels=[row_name(j) for j in range(rows_g)])
     # grid b
     bias_channels = c_in if transposed else c_out
-    b_first = None
+    b_first: Optional[int] = None  # an int exactly when there is a bias
     if bias:
         b_first = page.grid("b", f"bias ({bias_channels},)", (bias_channels,), [""],
                             (1, bias_channels), col_labels=[str(f) for f in range(bias_channels)])
@@ -304,12 +304,13 @@ def explorer_data(
         return at_a(j // kvol, s % in_vol)  # s is a flat index into (C_in, *I)
 
     ops: Dict[str, List[_Op]] = {name: [] for name in PASSES}
-    copies = [((a_cell(j, s),), at_c(j, o)) for (j, o), s in sources_of.items() if s >= 0]
-    scatters = [((at_c(j, o),), a_cell(j, s)) for (j, o), s in sources_of.items() if s >= 0]
+    read = [(j, o, s) for (j, o), s in sources_of.items() if s >= 0]  # entries holding data
+    copies: List[_Op] = [((a_cell(j, s),), at_c(j, o)) for j, o, s in read]
+    scatters: List[_Op] = [((at_c(j, o),), a_cell(j, s)) for j, o, s in read]
     if not transposed:
         ops["forward"] = copies + [((at_c(j, o), at_w(f, jw)), at_o(f, o))
                                    for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["forward"] += [((b_first + f,), at_o(f, o)) for f in range(c_out)
                                for o in range(ovol)]
         delta = lambda f, o: at_d(f * ovol + o)  # noqa: E731
@@ -317,15 +318,15 @@ def explorer_data(
                                  for j, o, f, jw, s in terms] + scatters
         ops["weight gradient"] = copies + [((delta(f, o), at_c(j, o)), at_w(f, jw))
                                            for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["weight gradient"] += [((delta(f, o),), b_first + f) for f in range(c_out)
                                        for o in range(ovol)]
     else:
         # forward of the transposed convolution = F's input gradient, x in δ's place
-        d_copies = [((at_d(s),), at_c(j, o)) for (j, o), s in sources_of.items() if s >= 0]
+        d_copies: List[_Op] = [((at_d(s),), at_c(j, o)) for j, o, s in read]
         ops["forward"] = [((at_o(f, o), at_w(f, jw)), at_c(j, o))
                           for j, o, f, jw, s in terms] + scatters
-        if bias:
+        if b_first is not None:
             ops["forward"] += [((b_first + c,), at_a(c, i)) for c in range(c_in)
                                for i in range(in_vol)]
         # its input gradient = F's forward applied to δ: X_col = im2col(δ), dx = W·X_col
@@ -333,7 +334,7 @@ def explorer_data(
                                             for j, o, f, jw, s in terms]
         ops["weight gradient"] = d_copies + [((at_o(f, o), at_c(j, o)), at_w(f, jw))
                                              for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["weight gradient"] += [((at_d(c * in_vol + i),), b_first + c) for c in range(c_in)
                                        for i in range(in_vol)]
 

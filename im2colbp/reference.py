@@ -88,7 +88,9 @@ def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray
     lead = grad_padded.shape[: grad_padded.ndim - window.rank]  # (N, C)
     grad_flat = grad_padded.reshape(lead + (source.size,))  # (N, C, prod(padded_size))
     dx_flat = np.zeros(lead + (math.prod(in_size),), dtype=grad_padded.dtype)  # (N, C, prod(I))
-    np.add.at(dx_flat, (Ellipsis, source[keep]), grad_flat[..., keep])
+    # NumPy's stubs type ufunc.at's indices as one integer array, but NumPy documents (and
+    # does) tuple indices as in ``a[indices]``: here (..., sources) on the last axis
+    np.add.at(dx_flat, (Ellipsis, source[keep]), grad_flat[..., keep])  # type: ignore[arg-type]
     return dx_flat.reshape(lead + in_size)
 
 
