@@ -33,7 +33,13 @@ from typing import Any, Dict, List, Optional, Sequence, SupportsInt, Tuple, Unio
 
 import numpy as np
 
-from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
+from .geometry import (
+    ConvGeometry,
+    IntOrTuple,
+    Padding,
+    conv_geometry,
+    conv_transpose_geometry,
+)
 from .lowering import im2col, pad
 
 __all__ = ["explorer_data", "explorer_html", "write_explorer", "MAX_CELLS"]
@@ -91,18 +97,21 @@ def _sources(geometry: ConvGeometry) -> Tuple[np.ndarray, np.ndarray]:
     window = geometry.window
     shape = (1, geometry.in_channels) + window.in_size
     numbers = np.arange(1, math.prod(shape) + 1, dtype=np.float64).reshape(shape)
+
+    def columns(a: np.ndarray, padding: Padding) -> np.ndarray:  # (C·∏K, ∏O) of sample 0
+        return im2col(a, window.kernel_size, stride=window.stride, padding=padding,
+                      dilation=window.dilation)[0]
+
     if window.padding_mode == "zeros":
         inside = np.ones(shape)
-        options = dict(stride=window.stride, padding=window.padding, dilation=window.dilation)
-        source = im2col(numbers, window.kernel_size, **options)[0]
-        border = im2col(inside, window.kernel_size, **options)[0] == 0
+        source = columns(numbers, window.padding)
+        border = columns(inside, window.padding) == 0
     else:
-        options = dict(stride=window.stride, dilation=window.dilation)
-        source = im2col(pad(numbers, window), window.kernel_size, **options)[0]
+        source = columns(pad(numbers, window), 0)
         interior = np.zeros((1, 1) + window.padded_size)  # 1 on the real samples, 0 on the border
         interior[(0, 0) + tuple(slice(b, b + i) for i, (b, _) in zip(window.in_size,
                                                                   window.padding))] = 1
-        border = im2col(interior, window.kernel_size, **options)[0] == 0
+        border = columns(interior, 0) == 0
         border = np.tile(border, (geometry.in_channels, 1))
     return source.astype(np.int64) - 1, border
 
@@ -171,13 +180,13 @@ def explorer_data(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """The content of the explorer page: grids, cells, and per pass what each cell links to.
@@ -572,13 +581,13 @@ def explorer_html(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> str:
     """The explorer page of one geometry, as a self-contained HTML string.
@@ -654,13 +663,13 @@ def write_explorer(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> str:
     """Write the explorer page of one geometry to ``path``; return the path.

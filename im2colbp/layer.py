@@ -450,8 +450,8 @@ class _ConvLayer:
         if self.grad_bias is not None:
             self.grad_bias[...] = 0
 
-    def state_dict(self, *, destination: Optional[Dict[str, Any]] = None,
-                   prefix: str = "") -> Dict[str, Any]:
+    def state_dict(self, *, destination: Optional[Dict[str, np.ndarray]] = None,
+                   prefix: str = "") -> Dict[str, np.ndarray]:
         """Copies of the parameters under PyTorch's keys ``prefix + 'weight'`` / ``'bias'``.
 
         ``'bias'`` is absent for a layer without bias, as in PyTorch. With
@@ -466,12 +466,12 @@ class _ConvLayer:
         ['encoder.0.bias', 'encoder.0.weight']
         """
         prefix = _as_prefix(prefix)
-        state: Dict[str, Any] = {} if destination is None else destination
+        state: Dict[str, np.ndarray] = {} if destination is None else destination
         for name, value, _ in self.parameters():
             state[prefix + name] = value.copy()
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True, *,
                         prefix: str = "") -> IncompatibleKeys:
         """Copy ``state_dict[prefix + 'weight']`` (and ``'bias'``) into the parameters.
 
