@@ -255,7 +255,7 @@ def parse_wrt(wrt: Any) -> Tuple[bool, bool, bool]:
     for name in names:
         if not isinstance(name, str) or name not in WRT_NAMES:
             raise ValueError(f"wrt entries must be in {WRT_NAMES}, got {name!r}")
-    return tuple(name in names for name in WRT_NAMES)  # type: ignore[return-value]
+    return "input" in names, "weight" in names, "bias" in names  # WRT_NAMES' order
 
 
 # --------------------------------------------------------------------------
