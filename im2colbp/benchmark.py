@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, TypedDict
 
 import numpy as np
 
@@ -64,6 +64,15 @@ __all__ = ["CONFIGS", "CONTENDERS", "Config", "Report", "run_suite", "format_rep
 # --------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------
+class GeometryKeywords(TypedDict):
+    """The geometry keywords of a configuration, per axis, as every contender takes them."""
+
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+
+
 @dataclass(frozen=True)
 class Config:
     """One benchmark configuration: shapes (channels first) and the geometry keywords."""
@@ -96,6 +105,11 @@ class Config:
     @property
     def groups(self) -> int:
         return int(self.kwargs.get("groups", 1))
+
+    def geometry(self) -> GeometryKeywords:
+        """``stride``, ``padding``, ``dilation`` and ``groups`` as keyword arguments."""
+        return GeometryKeywords(stride=self.stride, padding=self.padding,
+                                dilation=self.dilation, groups=self.groups)
 
     @property
     def out_size(self) -> Tuple[int, ...]:
@@ -280,12 +294,11 @@ def _setup_ours(config: Config, dtype: np.dtype, method: Optional[str]) -> Calla
     import im2colbp as ib
 
     x, w, b, dy = _arrays(config, dtype)
-    kwargs = dict(config.kwargs)
-    if method is not None:
-        kwargs["method"] = method
+    geometry = config.geometry()
+    chosen = "auto" if method is None else method  # conv_forward's default method
 
     def forward_backward() -> Any:
-        _, ctx = ib.conv_forward(x, w, b, **kwargs)
+        _, ctx = ib.conv_forward(x, w, b, **geometry, method=chosen)
         return ib.conv_backward(dy, ctx)
 
     return forward_backward
@@ -302,14 +315,14 @@ def _setup_floor(config: Config, dtype: np.dtype) -> Callable[[], Any]:
     positions = math.prod(config.out_size)                        # L
     rows = config.weight_shape[1] * math.prod(config.weight_shape[2:])  # C_in/G * prod(K)
     filters = config.weight_shape[0] // groups                    # C_out/G
-    cols = ib.im2col(x, tuple(config.weight_shape[2:]), stride=config.stride,
+    cols: np.ndarray = ib.im2col(x, tuple(config.weight_shape[2:]), stride=config.stride,
                      padding=config.padding, dilation=config.dilation)
     cols = cols.reshape(n, groups, rows, positions)               # (n, g, rows, L)
     cols = np.ascontiguousarray(cols.transpose(1, 2, 0, 3)).reshape(groups, rows, n * positions)
     cols_t = np.ascontiguousarray(cols.transpose(0, 2, 1))        # (g, n·L, rows)
     w_g = np.ascontiguousarray(w.reshape(groups, filters, rows))  # (g, filters, rows)
     w_gt = np.ascontiguousarray(w_g.transpose(0, 2, 1))           # (g, rows, filters)
-    delta = dy.reshape(n, groups, filters, positions).transpose(1, 2, 0, 3)
+    delta: np.ndarray = dy.reshape(n, groups, filters, positions).transpose(1, 2, 0, 3)
     delta = np.ascontiguousarray(delta).reshape(groups, filters, n * positions)
     y = np.empty((groups, filters, n * positions), dtype=x.dtype)
     dw = np.empty((groups, filters, rows), dtype=x.dtype)
@@ -335,12 +348,11 @@ def _setup_torch(config: Config, dtype: np.dtype) -> Callable[[], Any]:
     wt = torch.from_numpy(w).requires_grad_(True)
     bt = torch.from_numpy(b).requires_grad_(True)
     dyt = torch.from_numpy(dy)
-    kwargs = dict(stride=config.stride, padding=config.padding, dilation=config.dilation,
-                  groups=config.groups)
+    geometry = config.geometry()
 
     def forward_backward() -> None:
         xt.grad = wt.grad = bt.grad = None
-        function(xt, wt, bt, **kwargs).backward(dyt)
+        function(xt, wt, bt, **geometry).backward(dyt)
 
     return forward_backward
 
@@ -379,11 +391,12 @@ def _setup_direct(config: Config, dtype: np.dtype) -> Callable[[], Any]:
     from . import reference
 
     x, w, b, dy = _arrays(config, dtype)
+    geometry = config.geometry()
 
     def forward_backward() -> None:
-        reference.conv(x, w, b, **config.kwargs)
-        reference.conv_grad_input(dy, w, x.shape, **config.kwargs)
-        reference.conv_grad_weight(dy, x, w.shape, **config.kwargs)
+        reference.conv(x, w, b, **geometry)
+        reference.conv_grad_input(dy, w, x.shape, **geometry)
+        reference.conv_grad_weight(dy, x, w.shape, **geometry)
         reference.conv_grad_bias(dy)
 
     return forward_backward
@@ -861,27 +874,42 @@ def _columns(report: Report) -> List[Tuple[str, Callable[[ConfigResult], str]]]:
     """(header, cell) per column; a contender that never ran has no column."""
     ran = [kind for kind in CONTENDERS
            if any(r.median_ms(kind) is not None for r in report.results)]
-    columns: List[Tuple[str, Callable[[ConfigResult], str]]] = [("config", lambda r: r.name)]
-    for kind in ran:
-        columns.append((f"{_LABELS[kind]} ms", lambda r, k=kind: format_ms(r.median_ms(k))))
+    Cell = Callable[[ConfigResult], str]
+    columns: List[Tuple[str, Cell]] = [("config", lambda r: r.name)]
 
-    def star(r: ConfigResult) -> str:
-        return "" if r.config.gemm_bound else "*"
+    def time_cell(kind: str) -> Cell:
+        return lambda r: format_ms(r.median_ms(kind))
+
+    for kind in ran:
+        columns.append((f"{_LABELS[kind]} ms", time_cell(kind)))
+
+    def ratio_cell(numerator: str, denominator: str) -> Cell:
+        def cell(r: ConfigResult) -> str:
+            flag = "*" if denominator == "floor" and not r.config.gemm_bound else ""
+            return _ratio(r.ratio(numerator, denominator), flag)
+        return cell
 
     for numerator, denominator in (("ours", "floor"), ("ours", "torch"), ("ours", "jax"),
                                    ("im2col", "floor")):
         if numerator in ran and denominator in ran:
-            flag = star if denominator == "floor" else (lambda r: "")
-            columns.append((f"{numerator}/{denominator}",
-                            lambda r, a=numerator, b=denominator, f=flag: _ratio(r.ratio(a, b),
-                                                                                  f(r))))
+            columns.append((f"{numerator}/{denominator}", ratio_cell(numerator, denominator)))
+
+    def peak_cell(r: ConfigResult) -> str:
+        fraction = r.peak_fraction(report.peak_flops)
+        return "-" if fraction is None else f"{100 * fraction:.1f}"
+
     if report.peak_flops:
-        columns.append(("% peak", lambda r: "-" if r.peak_fraction(report.peak_flops) is None
-                        else f"{100 * r.peak_fraction(report.peak_flops):.1f}"))
+        columns.append(("% peak", peak_cell))
+
+    def memory_cell(kind: str) -> Cell:
+        def cell(r: ConfigResult) -> str:
+            mib = r.memory_mib(kind)
+            return "-" if mib is None else f"{mib:.1f}"
+        return cell
+
     for kind in MEMORY_CONTENDERS:
         if any(kind in r.memory for r in report.results):
-            columns.append((f"MiB {kind}", lambda r, k=kind: "-" if r.memory_mib(k) is None
-                            else f"{r.memory_mib(k):.1f}"))
+            columns.append((f"MiB {kind}", memory_cell(kind)))
     return columns
 
 
@@ -894,9 +922,9 @@ def _summary(report: Report) -> List[str]:
     lines = []
     for numerator, denominator, gemm_only in (("ours", "torch", False), ("ours", "jax", False),
                                               ("ours", "floor", True), ("im2col", "floor", True)):
-        values = [(r.ratio(numerator, denominator), r.name) for r in report.results
-                  if r.config.gemm_bound or not gemm_only]
-        values = [(v, name) for v, name in values if v is not None]
+        candidates = [(r.ratio(numerator, denominator), r.name) for r in report.results
+                      if r.config.gemm_bound or not gemm_only]
+        values = [(v, name) for v, name in candidates if v is not None]
         if values:
             where = "GEMM-bound configurations" if gemm_only else "configurations"
             worst, name = max(values)
@@ -1129,7 +1157,7 @@ def _check_output_path(path: str, option: str) -> Optional[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite for parsed arguments; print the report; return 0 (2 on bad options)."""
-    problems = []
+    problems: List[Optional[str]] = []
     if args.plot:
         if not _has_module("matplotlib"):
             problems.append("--plot needs matplotlib, which is not installed: "
@@ -1137,9 +1165,9 @@ def run(args: argparse.Namespace) -> int:
         problems.append(_check_output_path(args.plot, "--plot"))
     if args.json:
         problems.append(_check_output_path(args.json, "--json"))
-    problems = [p for p in problems if p]
-    if problems:  # before any work
-        for problem in problems:
+    errors = [p for p in problems if p]
+    if errors:  # before any work
+        for problem in errors:
             print(f"bench: error: {problem}", file=sys.stderr)
         return 2
     names = args.configs or (list(QUICK_CONFIGS) if args.quick else list(CONFIGS))

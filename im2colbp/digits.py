@@ -35,6 +35,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .layer import Conv2d, no_grad
 
@@ -52,14 +53,14 @@ def install_hint() -> str:
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
-def load_data(seed: int = 0, dtype: Any = np.float32) -> Tuple[np.ndarray, ...]:
+def load_data(seed: int = 0, dtype: DTypeLike = np.float32) -> Tuple[np.ndarray, ...]:
     """``(x_train, y_train, x_test, y_test)``: images ``(N, 1, 8, 8)`` scaled to [0, 1].
 
     The split is stratified, 80/20, and fixed by ``seed``.
     """
     try:
-        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-        from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
     except ImportError:
         raise ImportError(install_hint()) from None
     digits = load_digits()
@@ -78,7 +79,7 @@ class Linear:
     """``y = x @ W.T + b`` with PyTorch's layout ``W (out, in)`` and default initialisation."""
 
     def __init__(self, in_features: int, out_features: int, rng: np.random.Generator,
-                 dtype: Any = np.float32) -> None:
+                 dtype: DTypeLike = np.float32) -> None:
         bound = 1.0 / math.sqrt(in_features)
         self.weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
         self.bias = rng.uniform(-bound, bound, out_features).astype(dtype)
@@ -117,7 +118,7 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> Tuple[float
 class DigitsCNN:
     """conv -> ReLU -> conv (stride 2) -> ReLU -> linear; parameters named as in PyTorch."""
 
-    def __init__(self, seed: int = 0, dtype: Any = np.float32, width: int = 32) -> None:
+    def __init__(self, seed: int = 0, dtype: DTypeLike = np.float32, width: int = 32) -> None:
         rng = np.random.default_rng(seed)
         self.conv1 = Conv2d(1, width, 3, padding=1, dtype=dtype, rng=rng)
         self.conv2 = Conv2d(width, 2 * width, 3, stride=2, padding=1, dtype=dtype, rng=rng)

@@ -29,11 +29,17 @@ import html
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, SupportsInt, Tuple, Union
 
 import numpy as np
 
-from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
+from .geometry import (
+    ConvGeometry,
+    IntOrTuple,
+    Padding,
+    conv_geometry,
+    conv_transpose_geometry,
+)
 from .lowering import im2col, pad
 
 __all__ = ["explorer_data", "explorer_html", "write_explorer", "MAX_CELLS"]
@@ -45,9 +51,9 @@ PASSES = ("forward", "input gradient", "weight gradient")
 _Op = Tuple[Tuple[int, ...], int]
 
 
-def _tuple(values: Sequence[int]) -> str:
-    values = [int(v) for v in values]
-    return str(values[0]) if len(values) == 1 else "(" + ",".join(map(str, values)) + ")"
+def _tuple(values: Sequence[SupportsInt]) -> str:
+    ints = [int(v) for v in values]
+    return str(ints[0]) if len(ints) == 1 else "(" + ",".join(map(str, ints)) + ")"
 
 
 def _geometry(input_shape, weight_shape, bias, stride, padding, dilation, groups,
@@ -91,18 +97,21 @@ def _sources(geometry: ConvGeometry) -> Tuple[np.ndarray, np.ndarray]:
     window = geometry.window
     shape = (1, geometry.in_channels) + window.in_size
     numbers = np.arange(1, math.prod(shape) + 1, dtype=np.float64).reshape(shape)
+
+    def columns(a: np.ndarray, padding: Padding) -> np.ndarray:  # (C·∏K, ∏O) of sample 0
+        return im2col(a, window.kernel_size, stride=window.stride, padding=padding,
+                      dilation=window.dilation)[0]
+
     if window.padding_mode == "zeros":
         inside = np.ones(shape)
-        options = dict(stride=window.stride, padding=window.padding, dilation=window.dilation)
-        source = im2col(numbers, window.kernel_size, **options)[0]
-        border = im2col(inside, window.kernel_size, **options)[0] == 0
+        source = columns(numbers, window.padding)
+        border = columns(inside, window.padding) == 0
     else:
-        options = dict(stride=window.stride, dilation=window.dilation)
-        source = im2col(pad(numbers, window), window.kernel_size, **options)[0]
+        source = columns(pad(numbers, window), 0)
         interior = np.zeros((1, 1) + window.padded_size)  # 1 on the real samples, 0 on the border
         interior[(0, 0) + tuple(slice(b, b + i) for i, (b, _) in zip(window.in_size,
                                                                   window.padding))] = 1
-        border = im2col(interior, window.kernel_size, **options)[0] == 0
+        border = columns(interior, 0) == 0
         border = np.tile(border, (geometry.in_channels, 1))
     return source.astype(np.int64) - 1, border
 
@@ -171,13 +180,13 @@ def explorer_data(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """The content of the explorer page: grids, cells, and per pass what each cell links to.
@@ -254,7 +263,7 @@ def explorer_data(
                         col_labels=[row_name(j) for j in range(rows_g)])
     # grid b
     bias_channels = c_in if transposed else c_out
-    b_first = None
+    b_first: Optional[int] = None  # an int exactly when there is a bias
     if bias:
         b_first = page.grid("b", f"bias ({bias_channels},)", (bias_channels,), [""],
                             (1, bias_channels), col_labels=[str(f) for f in range(bias_channels)])
@@ -304,12 +313,13 @@ def explorer_data(
         return at_a(j // kvol, s % in_vol)  # s is a flat index into (C_in, *I)
 
     ops: Dict[str, List[_Op]] = {name: [] for name in PASSES}
-    copies = [((a_cell(j, s),), at_c(j, o)) for (j, o), s in sources_of.items() if s >= 0]
-    scatters = [((at_c(j, o),), a_cell(j, s)) for (j, o), s in sources_of.items() if s >= 0]
+    read = [(j, o, s) for (j, o), s in sources_of.items() if s >= 0]  # entries holding data
+    copies: List[_Op] = [((a_cell(j, s),), at_c(j, o)) for j, o, s in read]
+    scatters: List[_Op] = [((at_c(j, o),), a_cell(j, s)) for j, o, s in read]
     if not transposed:
         ops["forward"] = copies + [((at_c(j, o), at_w(f, jw)), at_o(f, o))
                                    for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["forward"] += [((b_first + f,), at_o(f, o)) for f in range(c_out)
                                for o in range(ovol)]
         delta = lambda f, o: at_d(f * ovol + o)  # noqa: E731
@@ -317,15 +327,15 @@ def explorer_data(
                                  for j, o, f, jw, s in terms] + scatters
         ops["weight gradient"] = copies + [((delta(f, o), at_c(j, o)), at_w(f, jw))
                                            for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["weight gradient"] += [((delta(f, o),), b_first + f) for f in range(c_out)
                                        for o in range(ovol)]
     else:
         # forward of the transposed convolution = F's input gradient, x in δ's place
-        d_copies = [((at_d(s),), at_c(j, o)) for (j, o), s in sources_of.items() if s >= 0]
+        d_copies: List[_Op] = [((at_d(s),), at_c(j, o)) for j, o, s in read]
         ops["forward"] = [((at_o(f, o), at_w(f, jw)), at_c(j, o))
                           for j, o, f, jw, s in terms] + scatters
-        if bias:
+        if b_first is not None:
             ops["forward"] += [((b_first + c,), at_a(c, i)) for c in range(c_in)
                                for i in range(in_vol)]
         # its input gradient = F's forward applied to δ: X_col = im2col(δ), dx = W·X_col
@@ -333,7 +343,7 @@ def explorer_data(
                                             for j, o, f, jw, s in terms]
         ops["weight gradient"] = d_copies + [((at_o(f, o), at_c(j, o)), at_w(f, jw))
                                              for j, o, f, jw, s in terms]
-        if bias:
+        if b_first is not None:
             ops["weight gradient"] += [((at_d(c * in_vol + i),), b_first + c) for c in range(c_in)
                                        for i in range(in_vol)]
 
@@ -571,13 +581,13 @@ def explorer_html(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> str:
     """The explorer page of one geometry, as a self-contained HTML string.
@@ -653,13 +663,13 @@ def write_explorer(
     weight_shape: Sequence[int],
     *,
     bias: bool = True,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     transposed: bool = False,
-    output_padding: Any = 0,
+    output_padding: IntOrTuple = 0,
     output_size: Optional[Sequence[int]] = None,
 ) -> str:
     """Write the explorer page of one geometry to ``path``; return the path.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -43,9 +43,12 @@ __all__ = [
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
+#: ``np.pad``'s names of the padding modes used here (a Literal, as NumPy's stubs want).
+NumpyPadMode = Literal["constant", "reflect", "edge", "wrap"]
+
 #: ``np.pad`` mode of each non-zero padding mode (the same semantics, NumPy's names).
-NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
-                   "circular": "wrap"}
+NUMPY_PAD_MODES: Dict[str, NumpyPadMode] = {"zeros": "constant", "reflect": "reflect",
+                                            "replicate": "edge", "circular": "wrap"}
 
 #: Largest number of elements any single array may need (padded input, output
 #: or the columns of one sample). 2**37 float64 elements is one TiB: anything
@@ -75,8 +78,14 @@ MAX_RANK = (MAX_ARRAY_DIMS - 2) // 2
 #: Names of the gradients ``wrt`` may ask for, in ConvGrads order.
 WRT_NAMES = ("input", "weight", "bias")
 
+#: An int for every spatial axis, or one per axis (stride, dilation, kernel_size, ...).
 IntOrTuple = Union[int, Sequence[int]]
+#: ``padding``: an int, ``'valid'``/``'same'``, one int or one ``(before, after)`` pair per axis.
 Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
+#: A shape: a sequence of ints (``x.shape``, a list, a tuple, a 1-d integer array).
+ShapeLike = Sequence[int]
+#: ``wrt``: one of ``'input'``, ``'weight'``, ``'bias'``, or an iterable of them.
+Wrt = Union[str, Iterable[str]]
 
 Pairs = Tuple[Tuple[int, int], ...]
 
@@ -124,6 +133,14 @@ def as_int_tuple(value: Any, rank: int, name: str,
             f"got {len(items)} values: {value!r}"
         )
     return tuple(as_int(item, f"{name}[{axis}]", minimum) for axis, item in enumerate(items))
+
+
+@overload
+def parse_padding(padding: Any, rank: int, allow_same: Literal[False]) -> Pairs: ...
+
+
+@overload
+def parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs]: ...
 
 
 def parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs]:
@@ -180,7 +197,8 @@ def parse_padding(padding: Any, rank: int, allow_same: bool) -> Union[str, Pairs
     return tuple(pairs)
 
 
-def _same_padding(in_size, kernel_size, stride, dilation) -> Pairs:
+def _same_padding(in_size: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int],
+                  dilation: Sequence[int]) -> Pairs:
     """TF/JAX 'same': O = ceil(I/S); total padding split before = total // 2."""
     pairs = []
     for size, kernel, step, dil in zip(in_size, kernel_size, stride, dilation):
@@ -237,7 +255,7 @@ def parse_wrt(wrt: Any) -> Tuple[bool, bool, bool]:
     for name in names:
         if not isinstance(name, str) or name not in WRT_NAMES:
             raise ValueError(f"wrt entries must be in {WRT_NAMES}, got {name!r}")
-    return tuple(name in names for name in WRT_NAMES)  # type: ignore[return-value]
+    return "input" in names, "weight" in names, "bias" in names  # WRT_NAMES' order
 
 
 # --------------------------------------------------------------------------
@@ -389,9 +407,9 @@ def window_geometry(
     stride = as_int_tuple(stride, rank, "stride", 1)
     dilation = as_int_tuple(dilation, rank, "dilation", 1)
     mode = parse_padding_mode(padding_mode)
-    pairs = parse_padding(padding, rank, allow_same)
-    if pairs == "same":
-        pairs = _same_padding(in_size, kernel, stride, dilation)
+    parsed = parse_padding(padding, rank, allow_same)
+    # parse_padding's only string answer is "same"
+    pairs = _same_padding(in_size, kernel, stride, dilation) if isinstance(parsed, str) else parsed
     padded = tuple(i + b + a for i, (b, a) in zip(in_size, pairs))
     _check_elements(math.prod(kernel), f"a kernel of size {kernel}", "kernel_size")
     _check_elements(math.prod(padded), f"the padded input of spatial size {padded}",
@@ -723,8 +741,8 @@ def conv_transpose_geometry(
         requested = as_shape(output_size, "output_size")
         if len(requested) in (rank + 1, rank + 2):
             lead = tuple(requested[:-rank])
-            expected = ((batch,) if batched else ()) + (out_channels,)
-            expected = expected[-len(lead):] if len(lead) <= len(expected) else None
+            leading = ((batch,) if batched else ()) + (out_channels,)
+            expected = leading[-len(lead):] if len(lead) <= len(leading) else None
             if expected is None or lead != expected:
                 raise ValueError(
                     f"output_size {requested}: leading sizes {lead} must match the output's "

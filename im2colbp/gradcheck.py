@@ -11,9 +11,14 @@ what a backward pass returns. Central differences approximate it with error
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+#: What :func:`numpy.random.default_rng` accepts as a seed.
+SeedLike = Union[None, int, Sequence[int], np.random.SeedSequence, np.random.BitGenerator,
+                 np.random.Generator]
 
 __all__ = [
     "numerical_gradient",
@@ -39,7 +44,7 @@ def _float64(value: Any, name: str) -> np.ndarray:
     return np.array(array, dtype=np.float64)
 
 
-def _loss(f: Callable[[np.ndarray], Any], x: np.ndarray, dy: np.ndarray) -> float:
+def _loss(f: Callable[[np.ndarray], ArrayLike], x: np.ndarray, dy: np.ndarray) -> float:
     """``L(x) = sum(f(x) * dy)`` in float64; ``f`` gets its own copy of ``x``."""
     y = np.asarray(f(x.copy()), dtype=np.float64)
     if y.shape != dy.shape:
@@ -48,7 +53,7 @@ def _loss(f: Callable[[np.ndarray], Any], x: np.ndarray, dy: np.ndarray) -> floa
 
 
 def numerical_gradient(
-    f: Callable[[np.ndarray], Any], x: Any, dy: Any, eps: float = 1e-6
+    f: Callable[[np.ndarray], ArrayLike], x: ArrayLike, dy: ArrayLike, eps: float = 1e-6
 ) -> np.ndarray:
     """Central-difference gradient of ``L(x) = sum(f(x) * dy)`` with respect to ``x``.
 
@@ -108,12 +113,12 @@ def numerical_gradient(
 
 
 def directional_derivative_check(
-    f: Callable[[np.ndarray], Any],
-    x: Any,
-    grad_x: Any,
-    dy: Any,
+    f: Callable[[np.ndarray], ArrayLike],
+    x: ArrayLike,
+    grad_x: ArrayLike,
+    dy: ArrayLike,
     *,
-    rng: Any = None,
+    rng: SeedLike = None,
     eps: float = 1e-6,
 ) -> Tuple[float, float]:
     """Compare an analytic gradient with finite differences along one random direction.
@@ -174,10 +179,10 @@ def directional_derivative_check(
 
 
 def adjoint_mismatch(
-    forward: Callable[[np.ndarray], Any],
-    adjoint: Callable[[np.ndarray], Any],
-    x: Any,
-    y: Any,
+    forward: Callable[[np.ndarray], ArrayLike],
+    adjoint: Callable[[np.ndarray], ArrayLike],
+    x: ArrayLike,
+    y: ArrayLike,
 ) -> float:
     """Relative failure of the dot-product test ``<A x, y> = <x, A^T y>``.
 
@@ -231,7 +236,7 @@ def adjoint_mismatch(
     return abs(left - right) / (abs(left) + abs(right) + _TINY)
 
 
-def max_relative_error(actual: Any, expected: Any) -> float:
+def max_relative_error(actual: ArrayLike, expected: ArrayLike) -> float:
     """Largest absolute difference, relative to the larger array's largest magnitude.
 
     ``max|a - b| / max(max|a|, max|b|, tiny)``: scaled by the arrays as a

@@ -13,12 +13,17 @@ module depends on :mod:`im2colbp.geometry` only.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .geometry import as_float_array, as_int, as_int_tuple, rank_and_batching
+from .geometry import (
+    IntOrTuple,
+    as_float_array,
+    as_int,
+    as_int_tuple,
+    rank_and_batching,
+)
 from .memory import check_allocation
 
 __all__ = ["backprop_kernel", "zero_insert"]
@@ -104,7 +109,7 @@ def backprop_kernel(weight: ArrayLike, groups: int = 1) -> np.ndarray:
     return np.array(swapped[flip].reshape((groups * c_group, f_group) + kernel_size))
 
 
-def zero_insert(dy: ArrayLike, stride: Any) -> np.ndarray:
+def zero_insert(dy: ArrayLike, stride: IntOrTuple) -> np.ndarray:
     """Put ``stride-1`` zeros between neighbours along each spatial axis.
 
     This is where the forward stride goes in the backward pass: the stride

@@ -94,6 +94,7 @@ from .convolution import (
 )
 from .geometry import (
     MAX_ELEMENTS,
+    Padding,
     as_float_array,
     as_int,
     as_int_tuple,
@@ -119,9 +120,10 @@ __all__ = [
     "no_grad",
 ]
 
-PaddingArg = Union[int, str, Tuple[Any, ...]]
+#: ``layer.padding``: the string given, r ints (symmetric) or r (before, after) pairs.
+PaddingArg = Union[str, Tuple[int, ...], Tuple[Tuple[int, int], ...]]
 IntOrTuple = Union[int, Sequence[int]]
-PaddingLike = Union[int, str, Sequence[Any]]
+PaddingLike = Padding  # what the constructors accept (see im2colbp.conv)
 RngLike = Union[None, int, np.random.Generator]
 
 
@@ -425,8 +427,8 @@ class _ConvLayer:
         (``value -= lr * grad``).
         """
         yield "weight", self._weight, self.grad_weight
-        if self._bias is not None:
-            yield "bias", self._bias, self.grad_bias  # type: ignore[misc]
+        if self._bias is not None and self.grad_bias is not None:  # both or neither
+            yield "bias", self._bias, self.grad_bias
 
     def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
         """Yield ``(prefix + name, value)``, as ``torch.nn.Module.named_parameters``.
@@ -450,8 +452,8 @@ class _ConvLayer:
         if self.grad_bias is not None:
             self.grad_bias[...] = 0
 
-    def state_dict(self, *, destination: Optional[Dict[str, Any]] = None,
-                   prefix: str = "") -> Dict[str, Any]:
+    def state_dict(self, *, destination: Optional[Dict[str, np.ndarray]] = None,
+                   prefix: str = "") -> Dict[str, np.ndarray]:
         """Copies of the parameters under PyTorch's keys ``prefix + 'weight'`` / ``'bias'``.
 
         ``'bias'`` is absent for a layer without bias, as in PyTorch. With
@@ -466,12 +468,12 @@ class _ConvLayer:
         ['encoder.0.bias', 'encoder.0.weight']
         """
         prefix = _as_prefix(prefix)
-        state: Dict[str, Any] = {} if destination is None else destination
+        state: Dict[str, np.ndarray] = {} if destination is None else destination
         for name, value, _ in self.parameters():
             state[prefix + name] = value.copy()
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, *,
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike], strict: bool = True, *,
                         prefix: str = "") -> IncompatibleKeys:
         """Copy ``state_dict[prefix + 'weight']`` (and ``'bias'``) into the parameters.
 
@@ -765,7 +767,7 @@ class _ConvLayer:
             f"stride={self.stride}",
         ]
         if isinstance(self.padding, str) or any(
-            p != 0 and p != (0, 0) for p in tuple(self.padding)  # type: ignore[arg-type]
+            p != 0 and p != (0, 0) for p in self.padding
         ):
             parts.append(f"padding={self.padding!r}")
         if any(d != 1 for d in self.dilation):

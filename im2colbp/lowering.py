@@ -25,12 +25,14 @@ array, however many periods a circular padding wraps.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .geometry import (
+    IntOrTuple,
+    Padding,
     WindowGeometry,
     as_float_array,
     as_shape,
@@ -207,11 +209,11 @@ def col2im_add(cols: np.ndarray, window: WindowGeometry, grad_padded: np.ndarray
 # --------------------------------------------------------------------------
 def im2col(
     x: ArrayLike,
-    kernel_size: Any,
+    kernel_size: IntOrTuple,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
 ) -> np.ndarray:
     """Lower every receptive field of ``x`` to a column (``torch.nn.functional.unfold``, N-d).
 
@@ -286,11 +288,11 @@ def im2col(
 def col2im(
     cols: ArrayLike,
     output_size: Sequence[int],
-    kernel_size: Any,
+    kernel_size: IntOrTuple,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
 ) -> np.ndarray:
     """Scatter-add columns back into an image: the exact adjoint of :func:`im2col`.
 

@@ -30,7 +30,7 @@ from typing import Iterator, Optional, Tuple
 try:  # POSIX only
     import resource
 except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]  # no module there: None, tested before use
 
 __all__ = [
     "AllocationError",

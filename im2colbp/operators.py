@@ -21,13 +21,15 @@ operators that would store more than ``max_nonzeros`` entries (default
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .geometry import (
     NUMPY_PAD_MODES,
+    IntOrTuple,
+    Padding,
     WindowGeometry,
     as_float_array,
     as_int,
@@ -169,11 +171,11 @@ def _csr(rows, cols, data, shape) -> scipy.sparse.csr_array:
 # --------------------------------------------------------------------------
 def im2col_operator(
     input_shape: Sequence[int],
-    kernel_size: Any,
+    kernel_size: IntOrTuple,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     max_nonzeros: int = DEFAULT_MAX_NONZEROS,
 ) -> scipy.sparse.csr_array:
     """The im2col lowering as a sparse 0/1 matrix ``S``: ``S @ x.ravel() == im2col(x).ravel()``.
@@ -262,9 +264,9 @@ def conv_operator(
     weight: ArrayLike,
     input_shape: Sequence[int],
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
     max_nonzeros: int = DEFAULT_MAX_NONZEROS,

@@ -30,13 +30,16 @@ its own weight layout ``(C_in, C_out/G, *K)``: every ``x[n, c, i]`` adds
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .geometry import (
     NUMPY_PAD_MODES,
     ConvGeometry,
+    IntOrTuple,
+    Padding,
     WindowGeometry,
     as_float_array,
     check_array_shape,
@@ -88,7 +91,9 @@ def _fold_padding(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray
     lead = grad_padded.shape[: grad_padded.ndim - window.rank]  # (N, C)
     grad_flat = grad_padded.reshape(lead + (source.size,))  # (N, C, prod(padded_size))
     dx_flat = np.zeros(lead + (math.prod(in_size),), dtype=grad_padded.dtype)  # (N, C, prod(I))
-    np.add.at(dx_flat, (Ellipsis, source[keep]), grad_flat[..., keep])
+    # NumPy's stubs type ufunc.at's indices as one integer array, but NumPy documents (and
+    # does) tuple indices as in ``a[indices]``: here (..., sources) on the last axis
+    np.add.at(dx_flat, (Ellipsis, source[keep]), grad_flat[..., keep])  # type: ignore[arg-type]
     return dx_flat.reshape(lead + in_size)
 
 
@@ -178,13 +183,13 @@ def _input_gradient(dy: np.ndarray, w: np.ndarray, geometry: ConvGeometry) -> np
 # public functions
 # --------------------------------------------------------------------------
 def conv(
-    x: Any,
-    weight: Any,
-    bias: Optional[Any] = None,
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: Optional[ArrayLike] = None,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
 ) -> np.ndarray:
@@ -289,13 +294,13 @@ def conv(
 
 
 def conv_grad_input(
-    dy: Any,
-    weight: Any,
+    dy: ArrayLike,
+    weight: ArrayLike,
     input_shape: Sequence[int],
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
 ) -> np.ndarray:
@@ -362,13 +367,13 @@ def conv_grad_input(
 
 
 def conv_grad_weight(
-    dy: Any,
-    x: Any,
+    dy: ArrayLike,
+    x: ArrayLike,
     weight_shape: Sequence[int],
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
 ) -> np.ndarray:
@@ -440,7 +445,7 @@ def conv_grad_weight(
     return dw
 
 
-def conv_grad_bias(dy: Any) -> np.ndarray:
+def conv_grad_bias(dy: ArrayLike) -> np.ndarray:
     """Gradient of :func:`conv` with respect to its bias: δ summed over all axes but 1.
 
     Parameters
@@ -479,14 +484,14 @@ def conv_grad_bias(dy: Any) -> np.ndarray:
 
 
 def conv_transpose(
-    x: Any,
-    weight: Any,
-    bias: Optional[Any] = None,
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: Optional[ArrayLike] = None,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    output_padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    output_padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     output_size: Optional[Sequence[int]] = None,
     padding_mode: str = "zeros",

@@ -27,12 +27,14 @@ padded samples no window of the forward stride reaches.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .calls import geometry_kwargs, grad_input_call, grad_weight_call
 from .convolution import conv
+from .geometry import IntOrTuple, Padding, ShapeLike
 from .kernels import backprop_kernel, zero_insert
 from .lowering import pad, unpad_add
 
@@ -74,13 +76,13 @@ def _pad_or_crop(z: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
 # the two gradients
 # --------------------------------------------------------------------------
 def conv_grad_input_by_transposition(
-    dy: Any,
-    weight: Any,
-    input_shape: Any,
+    dy: ArrayLike,
+    weight: ArrayLike,
+    input_shape: ShapeLike,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
 ) -> np.ndarray:
@@ -190,13 +192,13 @@ def conv_grad_input_by_transposition(
 
 
 def conv_grad_weight_by_correlation(
-    dy: Any,
-    x: Any,
-    weight_shape: Any,
+    dy: ArrayLike,
+    x: ArrayLike,
+    weight_shape: ShapeLike,
     *,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
 ) -> np.ndarray:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -118,7 +118,8 @@ def wide_layout(window: WindowGeometry, max_waste: Optional[float] = None) -> Op
     return WideLayout(window, grid, tuple(stride), wide_out, plane, row_length, tuple(starts))
 
 
-def _phase_views(layout: WideLayout, rows: np.ndarray, extended: np.ndarray):
+def _phase_views(layout: WideLayout, rows: np.ndarray,
+                 extended: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Pairs (phase plane of ``rows``, matching strided view of ``extended``)."""
     n, channels = rows.shape[:2]
     for index, phase in enumerate(np.ndindex(*layout.phases)):
@@ -156,9 +157,13 @@ def merge_phases(rows: np.ndarray, layout: WideLayout,
     input gradient (a view into ``extended`` or ``rows`` scratch; copy it out)."""
     window = layout.window
     n, channels = rows.shape[:2]
+    padded: np.ndarray  # (n, C, *padded grid)
     if math.prod(layout.phases) == 1:
         padded = rows[:, :, :layout.plane].reshape((n, channels) + layout.grid)
     else:
+        if extended is None:
+            raise ValueError("merge_phases: a strided wide layout needs the extended scratch "
+                             "array (n, C, *extended_size), got None")
         for plane, view in _phase_views(layout, rows, extended):
             view[...] = plane
         padded = extended
