@@ -26,7 +26,7 @@ Each function validates its arguments once (:mod:`im2colbp.calls`), asks
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,6 +39,8 @@ from .geometry import (
     ConvGeometry,
     IntOrTuple,
     Padding,
+    ShapeLike,
+    Wrt,
     as_float_array,
     check_array_shape,
     parse_wrt,
@@ -311,7 +313,7 @@ def conv(
     return call.result(_add_bias(y, call.bias))
 
 
-def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
+def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT) -> ConvGrads:
     """Gradients of the loss w.r.t. input, weight and bias of a forward pass.
 
     Parameters
@@ -362,7 +364,7 @@ def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGr
 def conv_grad_input(
     dy: ArrayLike,
     weight: ArrayLike,
-    input_shape: Any,
+    input_shape: ShapeLike,
     stride: IntOrTuple = 1,
     padding: Padding = 0,
     dilation: IntOrTuple = 1,
@@ -411,7 +413,7 @@ def conv_grad_input(
 def conv_grad_weight(
     dy: ArrayLike,
     x: ArrayLike,
-    weight_shape: Any,
+    weight_shape: ShapeLike,
     stride: IntOrTuple = 1,
     padding: Padding = 0,
     dilation: IntOrTuple = 1,
@@ -491,7 +493,7 @@ def conv_transpose_forward(
     groups: int = 1,
     dilation: IntOrTuple = 1,
     *,
-    output_size: Any = None,
+    output_size: Optional[ShapeLike] = None,
     padding_mode: str = "zeros",
     method: str = "auto",
 ) -> Tuple[np.ndarray, ConvContext]:
@@ -531,7 +533,7 @@ def conv_transpose(
     groups: int = 1,
     dilation: IntOrTuple = 1,
     *,
-    output_size: Any = None,
+    output_size: Optional[ShapeLike] = None,
     padding_mode: str = "zeros",
     method: str = "auto",
 ) -> np.ndarray:
@@ -591,7 +593,7 @@ def conv_transpose(
     return call.result(_add_bias(y, call.bias))
 
 
-def conv_transpose_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Any = _WRT) -> ConvGrads:
+def conv_transpose_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT) -> ConvGrads:
     """Gradients of a transposed convolution from its context.
 
     ``dx = conv(δ, w)`` (cropped to x's size), ``dw = conv_grad_weight(x, δ)``

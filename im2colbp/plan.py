@@ -43,6 +43,9 @@ from numpy.typing import DTypeLike
 from .calls import geometry_kwargs
 from .geometry import (
     ConvGeometry,
+    IntOrTuple,
+    Padding,
+    ShapeLike,
     WindowGeometry,
     conv_geometry,
     conv_transpose_geometry,
@@ -512,20 +515,20 @@ def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transpose
 
 
 def plan_conv(
-    input_shape: Any,
-    weight_shape: Any,
+    input_shape: ShapeLike,
+    weight_shape: ShapeLike,
     *,
     bias: bool = True,
     dtype: DTypeLike = np.float32,
     method: str = "auto",
     transposed: bool = False,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: Any = 1,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
     padding_mode: str = "zeros",
-    output_padding: Any = 0,
-    output_size: Any = None,
+    output_padding: IntOrTuple = 0,
+    output_size: Optional[ShapeLike] = None,
 ) -> ConvPlan:
     """Every decision the engine will make for a convolution, with the reason for each.
 
