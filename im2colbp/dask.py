@@ -117,11 +117,6 @@ def _unbatched(y: da.Array, geometry: ConvGeometry) -> da.Array:
     return y if geometry.batched else y[0]
 
 
-def _channels_one_chunk(array: da.Array) -> da.Array:
-    """Channel axis (1) as one chunk: every output channel reads all of its group."""
-    return array if len(array.chunks[1]) == 1 else array.rechunk({1: -1})
-
-
 # --------------------------------------------------------------------------
 # per-axis chunk arithmetic
 # --------------------------------------------------------------------------
@@ -155,39 +150,111 @@ def _read_ranges(out_ranges: Ranges, stride: int, extent: int) -> Ranges:
     return [(o0 * stride, (o1 - 1) * stride + extent) for o0, o1 in out_ranges]
 
 
-def _gather(array: da.Array, axis: int, ranges: Ranges) -> da.Array:
-    """``array`` re-cut along ``axis`` into one chunk per range (ranges may overlap:
-    the halo is copied into both neighbours; a range may span many chunks)."""
-    pieces = [array[(slice(None),) * axis + (slice(start, stop),)] for start, stop in ranges]
-    joined = pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=axis)
-    return joined.rechunk({axis: _lengths(ranges)})
-
-
 # --------------------------------------------------------------------------
-# padding at the global border, and its adjoint
+# reading blocks: halo and global padding in one task per block
 # --------------------------------------------------------------------------
 def _source_index(size: int, before: int, after: int, mode: str) -> np.ndarray:
-    """Which input sample each padded position copies (``np.pad`` of the positions)."""
-    return np.pad(np.arange(size), (before, after), mode=NUMPY_PAD_MODES[mode])
+    """Which input sample each padded position copies (``np.pad`` of the positions);
+    -1 where the padding is zeros."""
+    positions = np.arange(size)
+    if mode == "zeros":
+        return np.pad(positions, (before, after), constant_values=-1)
+    return np.pad(positions, (before, after), mode=NUMPY_PAD_MODES[mode])
 
 
-def _pad(x: da.Array, geometry: ConvGeometry) -> da.Array:
-    """Pad the spatial axes of batched ``x`` lazily with the padding mode."""
+def _identity(chunks: Sequence[int]) -> List[np.ndarray]:
+    """Per block, the positions of one chunk: the axis is read as it is chunked."""
+    starts = _starts(chunks)
+    return [np.arange(start, start + size) for start, size in zip(starts, chunks)]
+
+
+def _whole(size: int) -> List[np.ndarray]:
+    """One block with every position (the channel axis: one chunk)."""
+    return [np.arange(size)]
+
+
+class _Reads:
+    """Blocks made of positions of ``array``: ``maps[axis][i]`` lists, for block i along
+    ``axis``, the source position of each of its entries (-1: a zero of the padding).
+
+    A block is assembled in *one* task from the slices of the chunks it touches:
+    halos (ranges reaching into the neighbours, however small they are), the global
+    padding (reflect, replicate, circular: copies of border samples; zeros), and the
+    merging of the channel chunks all happen there.
+    """
+
+    def __init__(self, array: da.Array, maps: Sequence[List[np.ndarray]]) -> None:
+        self.array = array
+        self.maps = maps
+        self.chunks = tuple(tuple(len(m) for m in axis_maps) for axis_maps in maps)
+        self.numblocks = tuple(len(axis_maps) for axis_maps in maps)
+        self._ends = [np.cumsum(c) for c in array.chunks]
+
+    def expression(self, block: Tuple[int, ...]) -> tuple:
+        """A task expression computing ``block`` (nested inside the consumer's task)."""
+        shape = tuple(len(self.maps[axis][i]) for axis, i in enumerate(block))
+        if 0 in shape:  # an empty batch (or no channels): nothing to read
+            return (np.zeros, shape, self.array.dtype)
+        per_axis = []  # (chunk ids, their slices, index into the joined slices, zero?)
+        for axis, i in enumerate(block):
+            positions = self.maps[axis][i]
+            ends = self._ends[axis]
+            valid = positions >= 0
+            if not valid.any():  # the block lies in the zero padding
+                return (np.zeros, shape, self.array.dtype)
+            owner = np.searchsorted(ends, positions[valid], side="right")
+            ids, slices, offsets = [], [], {}
+            joined = 0
+            for chunk in np.unique(owner):
+                start = int(ends[chunk - 1]) if chunk else 0
+                local = positions[valid][owner == chunk] - start
+                low, high = int(local.min()), int(local.max()) + 1
+                ids.append(int(chunk))
+                slices.append(slice(low, high))
+                offsets[int(chunk)] = joined - low - start
+                joined += high - low
+            index = np.full(len(positions), joined)  # the appended zero, if any
+            index[valid] = positions[valid] + np.array([offsets[c] for c in owner], dtype=int)
+            per_axis.append((ids, slices, index, not valid.all()))
+        nested = self._nest(per_axis, ())
+        indices = tuple(index for _, _, index, _ in per_axis)
+        zeros = tuple(zero for _, _, _, zero in per_axis)
+        return (_assemble, nested, indices, zeros)
+
+    def _nest(self, per_axis, prefix):
+        """Nested lists (one level per axis) of ``(chunk key, slice)`` reads, for np.block."""
+        axis = len(prefix)
+        if axis == len(per_axis):
+            key = (self.array.name,) + tuple(chunk for chunk, _ in prefix)
+            return (_slice_of, key, tuple(part for _, part in prefix))
+        ids, slices = per_axis[axis][0], per_axis[axis][1]
+        return [self._nest(per_axis, prefix + ((chunk, part),))
+                for chunk, part in zip(ids, slices)]
+
+
+def _slice_of(chunk: np.ndarray, index: Tuple[slice, ...]) -> np.ndarray:
+    return chunk[index]
+
+
+def _assemble(nested: list, indices: Tuple[np.ndarray, ...],
+              zeros: Tuple[bool, ...]) -> np.ndarray:
+    """Join the chunk slices, append a zero where padding needs one, pick the positions."""
+    joined = np.block(nested) if isinstance(nested, list) else nested
+    if any(zeros):
+        joined = np.pad(joined, [(0, int(z)) for z in zeros])
+    return joined[np.ix_(*indices)]
+
+
+def _padded_reads(geometry: ConvGeometry, out_ranges: Sequence[Ranges]) -> List[List[np.ndarray]]:
+    """Per spatial axis and output block, the input positions its window reads:
+    padded ``[o0·S, (o1-1)·S + D·(K-1) + 1)``, through the padding mode."""
     window = geometry.window
-    if not window.is_padded:
-        return x
-    if window.padding_mode == "zeros":
-        return da.pad(x, ((0, 0), (0, 0)) + tuple(window.padding), mode="constant")
-    for axis, (size, (before, after)) in enumerate(zip(window.in_size, window.padding), 2):
+    maps = []
+    for size, (before, after), s, e, ranges in zip(
+            window.in_size, window.padding, window.stride, _extents(geometry), out_ranges):
         source = _source_index(size, before, after, window.padding_mode)
-        parts = []
-        if before:
-            parts.append(da.take(x, source[:before], axis=axis))
-        parts.append(x)
-        if after:
-            parts.append(da.take(x, source[before + size:], axis=axis))
-        x = da.concatenate(parts, axis=axis) if len(parts) > 1 else x
-    return x
+        maps.append([source[start:stop] for start, stop in _read_ranges(ranges, s, e)])
+    return maps
 
 
 def _fold(dxp: da.Array, geometry: ConvGeometry) -> da.Array:
@@ -223,40 +290,40 @@ def _fold(dxp: da.Array, geometry: ConvGeometry) -> da.Array:
 # --------------------------------------------------------------------------
 # the graph: one task per block, each a call of the core
 # --------------------------------------------------------------------------
-def _per_block(name: str, task: Any, sources: Sequence[da.Array], chunks: Tuple,
-               dtype: np.dtype, shared: Sequence[Optional[da.Array]] = (),
-               extra: Any = None) -> da.Array:
-    """A Dask array whose block ``i`` is ``task(*(source block i), *shared, *extra(i))``.
+def _graph(name: str, task: Any, reads: Sequence[_Reads], chunks: Tuple, dtype: np.dtype,
+           shared: Sequence[Optional[da.Array]] = (), extra: Any = None) -> da.Array:
+    """A Dask array whose block ``i`` is ``task(*(read block i), *shared, *extra(i))``.
 
-    Every source has exactly the output's block grid; ``shared`` arrays are
-    one chunk each (weight, bias) and are passed whole to every task.
+    One task per block: the reads are nested inside it. All ``reads`` have the
+    output's block grid; ``shared`` arrays are one chunk each (weight, bias) and are
+    passed whole to every task.
     """
     numblocks = tuple(len(c) for c in chunks)
-    for source in sources:
-        if source.numblocks != numblocks:  # a bug here, never a user error
-            raise RuntimeError(f"block grids differ: {source.numblocks} != {numblocks}")
+    for read in reads:
+        if read.numblocks != numblocks:  # a bug here, never a user error
+            raise RuntimeError(f"block grids differ: {read.numblocks} != {numblocks}")
     shared_keys = [_one_key(array) for array in shared]
     graph = {}
     for block in np.ndindex(*numblocks):
-        arguments = [(source.name,) + block for source in sources] + shared_keys
+        arguments = [read.expression(block) for read in reads] + shared_keys
         if extra is not None:
             arguments += list(extra(block))
         graph[(name,) + block] = (task, *arguments)
-    dependencies = list(sources) + [array for array in shared if array is not None]
+    dependencies = [read.array for read in reads] + [a for a in shared if a is not None]
     layer = HighLevelGraph.from_collections(name, graph, dependencies=dependencies)
     return da.Array(layer, name, chunks, dtype=dtype)
 
 
-def _partials(name: str, task: Any, sources: Sequence[da.Array], shape: Tuple[int, ...],
+def _partials(name: str, task: Any, reads: Sequence[_Reads], shape: Tuple[int, ...],
               dtype: np.dtype) -> da.Array:
-    """Tree-reduced sum of ``task(*(source block i))`` (each of ``shape``) over all blocks."""
-    grid = sources[0].numblocks
-    blocks = list(np.ndindex(*grid))
+    """Tree-reduced sum of ``task(*(read block i))`` (each of ``shape``) over all blocks."""
+    blocks = list(np.ndindex(*reads[0].numblocks))
     graph = {}
     for position, block in enumerate(blocks):
-        arguments = [(source.name,) + block for source in sources]
+        arguments = [read.expression(block) for read in reads]
         graph[(name, position) + (0,) * len(shape)] = (_stacked, task, *arguments)
-    layer = HighLevelGraph.from_collections(name, graph, dependencies=list(sources))
+    layer = HighLevelGraph.from_collections(name, graph,
+                                            dependencies=[read.array for read in reads])
     chunks = ((1,) * len(blocks),) + tuple((size,) for size in shape)
     stacked = da.Array(layer, name, chunks, dtype=dtype)
     return stacked.sum(axis=0, split_every=SPLIT_EVERY, dtype=dtype)
@@ -319,20 +386,11 @@ def _extents(geometry: ConvGeometry) -> Tuple[int, ...]:
     return tuple(d * (k - 1) + 1 for d, k in zip(window.dilation, window.kernel_size))
 
 
-def _halo_input(xp: da.Array, out_ranges: Sequence[Ranges],
-                geometry: ConvGeometry) -> da.Array:
-    """The padded input re-cut so that block i is exactly what output block i reads."""
-    for axis, (ranges, s, e) in enumerate(zip(out_ranges, geometry.window.stride,
-                                              _extents(geometry)), 2):
-        xp = _gather(xp, axis, _read_ranges(ranges, s, e))
-    return xp
-
-
 def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
                     dtype: np.dtype, token: str) -> da.Array:
     """Gradient w.r.t. the (batched) input of the convolution ``geometry``, lazily.
 
-    δ keeps its chunks; padded-input chunk i is the core
+    δ keeps its batch and spatial chunks; padded-input chunk i is the core
     ``[o_i·S + h, o_{i+1}·S + h)``, ``h = (D·(K-1)) // 2`` (the first from 0,
     the last to the padded end: the inverse of :func:`conv`'s chunk rule), and
     reads the δ rows whose windows reach it — a halo on both sides. Then the
@@ -340,7 +398,7 @@ def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
     """
     window = geometry.window
     extents = _extents(geometry)
-    dyb = _channels_one_chunk(dyb.astype(dtype))
+    dyb = dyb.astype(dtype)
     reads_per_axis, cores_per_axis = [], []
     for axis, (s, e, out, padded) in enumerate(
             zip(window.stride, extents, window.out_size, window.padded_size)):
@@ -350,10 +408,11 @@ def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
         cores[0], cores[-1] = (0, cores[0][1]), (cores[-1][0], padded)
         if len(cores) == 1:
             cores = [(0, padded)]
-        reads = [(max(0, -(-(a - e + 1) // s)), min(out, -(-b // s))) for a, b in cores]
-        reads_per_axis.append(reads)
+        reads_per_axis.append(
+            [(max(0, -(-(a - e + 1) // s)), min(out, -(-b // s))) for a, b in cores])
         cores_per_axis.append(cores)
-        dyb = _gather(dyb, 2 + axis, reads)
+    maps = [_identity(dyb.chunks[0]), _whole(dyb.shape[1])] + [
+        [np.arange(lo, hi) for lo, hi in reads] for reads in reads_per_axis]
     task = functools.partial(
         _grad_input_block, in_channels=geometry.in_channels, stride=window.stride,
         dilation=window.dilation, groups=geometry.groups, extents=extents,
@@ -367,7 +426,8 @@ def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
 
     chunks = (dyb.chunks[0], (geometry.in_channels,)) + tuple(
         _lengths(cores) for cores in cores_per_axis)
-    dxp = _per_block(f"conv-grad-input-{token}", task, [dyb], chunks, dtype, [w], where)
+    dxp = _graph(f"conv-grad-input-{token}", task, [_Reads(dyb, maps)], chunks, dtype, [w],
+                 where)
     dx = _fold(dxp, geometry)
     # chunks of dx: the cores, shifted by P_before back to unpadded coordinates
     target = {
@@ -450,18 +510,19 @@ def conv(
     w = _small(weight, "weight", dtype)
     b = None if bias is None else _small(bias, "bias", dtype)
     window = geometry.window
-    xb = _channels_one_chunk(_batched(x, geometry).astype(dtype))
+    xb = _batched(x, geometry).astype(dtype)
     out_ranges = [
         _output_ranges(xb.chunks[2 + axis], before, s, e, out)
         for axis, ((before, _), s, e, out) in enumerate(
             zip(window.padding, window.stride, _extents(geometry), window.out_size))
     ]
-    xh = _halo_input(_pad(xb, geometry), out_ranges, geometry)
+    reads = _Reads(xb, [_identity(xb.chunks[0]), _whole(xb.shape[1])]
+                   + _padded_reads(geometry, out_ranges))
     task = functools.partial(_conv_block, stride=window.stride, dilation=window.dilation,
                              groups=geometry.groups, limit=ib.get_workspace_limit())
-    chunks = (xh.chunks[0], (geometry.out_channels,)) + tuple(map(_lengths, out_ranges))
-    token = tokenize(xh, w, b, geometry)
-    y = _per_block(f"conv-{token}", task, [xh], chunks, dtype, [w, b])
+    chunks = (xb.chunks[0], (geometry.out_channels,)) + tuple(map(_lengths, out_ranges))
+    token = tokenize(xb, w, b, geometry)
+    y = _graph(f"conv-{token}", task, [reads], chunks, dtype, [w, b])
     return _unbatched(y, geometry)
 
 
@@ -576,18 +637,21 @@ def conv_grad_weight(
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the output of the convolution of x")
     dtype = np.result_type(_float_dtype(dy, "dy"), _float_dtype(x, "x"))
     window = geometry.window
-    xb = _channels_one_chunk(_batched(x, geometry).astype(dtype))
-    dyb = _channels_one_chunk(_batched(dy, geometry).astype(dtype)).rechunk({0: xb.chunks[0]})
+    xb = _batched(x, geometry).astype(dtype)
+    dyb = _batched(dy, geometry).astype(dtype)
     out_ranges = [_to_ranges(_starts(dyb.chunks[2 + axis]), out)
                   for axis, out in enumerate(window.out_size)]
-    xh = _halo_input(_pad(xb, geometry), out_ranges, geometry)
+    batch = _identity(xb.chunks[0])  # δ is read in x's batch blocks
+    dy_reads = _Reads(dyb, [batch, _whole(dyb.shape[1])]
+                      + [[np.arange(a, b) for a, b in ranges] for ranges in out_ranges])
+    x_reads = _Reads(xb, [batch, _whole(xb.shape[1])] + _padded_reads(geometry, out_ranges))
     task = functools.partial(
         _grad_weight_block, weight_shape=geometry.weight_shape, stride=window.stride,
         dilation=window.dilation, groups=geometry.groups, limit=ib.get_workspace_limit(),
     )
-    token = tokenize(dyb, xh, geometry)
-    return _partials(f"conv-grad-weight-{token}", task, [dyb, xh], geometry.weight_shape,
-                     dtype)
+    token = tokenize(dyb, xb, geometry)
+    return _partials(f"conv-grad-weight-{token}", task, [dy_reads, x_reads],
+                     geometry.weight_shape, dtype)
 
 
 def conv_grad_bias(dy: Any) -> da.Array:
@@ -615,8 +679,10 @@ def conv_grad_bias(dy: Any) -> da.Array:
             f"got shape {dy.shape}"
         )
     dtype = _float_dtype(dy, "dy")
-    dy = _channels_one_chunk(dy.astype(dtype))
-    return _partials(f"conv-grad-bias-{tokenize(dy)}", _grad_bias_block, [dy],
+    dy = dy.astype(dtype)
+    reads = _Reads(dy, [_identity(c) for c in dy.chunks[:1]] + [_whole(dy.shape[1])]
+                   + [_identity(c) for c in dy.chunks[2:]])
+    return _partials(f"conv-grad-bias-{tokenize(dy)}", _grad_bias_block, [reads],
                      (dy.shape[1],), dtype)
 
 

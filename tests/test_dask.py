@@ -195,6 +195,18 @@ def test_chunks_smaller_than_the_halo_are_assembled_not_wrong():
     assert_equal_1e12(y.compute(scheduler="sync"), ib.conv(x, w, dilation=3, padding="same"))
 
 
+def test_blocks_that_read_only_padding():
+    x = np.arange(1.0, 4.0)[None, None]                   # (1, 1, 3)
+    w = np.full((1, 1, 1), 2.0)
+    y = ibd.conv(da.from_array(x, chunks=1), w, padding=5)  # first 5 outputs: all padding
+    assert y.chunks[-1][0] == 5
+    assert_equal_1e12(y.compute(scheduler="sync"), ib.conv(x, w, padding=5))
+    dy = da.from_array(np.arange(13.0)[None, None], chunks=((1,), (1,), (5, 1, 1, 6)))
+    assert_equal_1e12(ibd.conv_grad_weight(dy, da.from_array(x, chunks=1), w.shape,
+                                           padding=5).compute(scheduler="sync"),
+                      ib.conv_grad_weight(dy.compute(), x, w.shape, padding=5))
+
+
 def test_output_chunks_follow_the_input_chunks():
     x = da.zeros((4, 3, 12, 9), chunks=(2, 3, (5, 7), (3, 3, 3)))
     w = np.zeros((2, 3, 3, 3))
