@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Out of core: convolve a 3-D volume stored on disk and back-propagate, on a Dask cluster.
+
+The volume is a memory-mapped ``.npy`` file several times larger than the memory each
+worker is allowed. Workers read their chunks from the file (the graph carries only the
+path), compute every block with im2colbp, and write the results back to ``.npy`` files:
+
+    x (1, 1, S, S, S) on disk -> y = conv(x, w, padding=1)             -> y.npy
+                                 dx = conv_grad_input(δ = y, w)        -> dx.npy
+                                 dw = conv_grad_weight(δ = y, x)       (a tree reduction)
+
+With δ = y (the loss ½‖y‖²) two identities check the whole computation without ever
+holding it in memory: ``<y, y> = <x, dx>`` (the input gradient is the adjoint) and
+``<y, y> = <w, dw>`` (y is linear in w). A sub-volume is also compared with the
+in-memory library. Each worker's peak resident memory (``ru_maxrss``) is printed
+against the volume's size.
+
+Usage::
+
+    pip install "im2colbp[dask]"
+    python scripts/dask_volume.py [--size 512] [--chunk 48] [--workers 2]
+                                  [--memory-limit 160MiB] [--dir /tmp/im2colbp-volume]
+    python scripts/dask_volume.py --scheduler tcp://host:8786   # an existing cluster
+                                  # (--dir must then be on a file system all workers share)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+    import distributed
+except ImportError:  # pragma: no cover - depends on the environment
+    raise SystemExit("this example needs the dask extra: pip install 'im2colbp[dask]'") from None
+
+import im2colbp as ib
+import im2colbp.dask as ibd
+
+
+class NpyFile:
+    """A ``.npy`` file as an array-like that opens the file where it is indexed.
+
+    Pickling it sends only the path, so a worker process reads (or writes) just the
+    chunks it is given; ``__getitem__`` returns an in-memory copy of the slice.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        header = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = header.shape, header.dtype, header.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.array(np.load(self.path, mmap_mode="r")[index])
+
+    def __setitem__(self, index: Any, value: np.ndarray) -> None:
+        target = np.load(self.path, mmap_mode="r+")
+        target[index] = value
+        target.flush()
+
+
+def create(path: str, shape: Tuple[int, ...], dtype: Any, seed: int = 0) -> NpyFile:
+    """A new ``.npy`` file of ``shape``: zeros, or random values written slab by slab."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        for i in range(shape[2]):  # one (S, S) slab at a time: never the whole volume
+            array[:, :, i] = rng.standard_normal(array[:, :, i].shape, dtype=np.float32)
+    array.flush()
+    del array
+    return NpyFile(path)
+
+
+def peak_rss(reset: bool = False) -> int:
+    """Peak resident memory of this process, in bytes: Linux's ``VmHWM`` (which, unlike
+    ``ru_maxrss``, is not inherited from the parent across exec); ``reset`` starts a new
+    peak from the current size (``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status)
+        peak = int(fields["VmHWM"].split()[0]) * 1024
+        if reset:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")
+        return peak
+    except (OSError, KeyError, ValueError):  # not Linux: the rusage peak, never reset
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB"
+
+
+def run(size: int = 512, chunk: int = 48, workers: int = 2, memory_limit: str = "160MiB",
+        directory: Optional[str] = None, scheduler: Optional[str] = None,
+        workspace: int = 64 * 2**20, log: Any = print) -> dict:
+    """Run the example; return the sizes, the per-worker peaks and the checks."""
+    owned = directory is None
+    directory = directory or tempfile.mkdtemp(prefix="im2colbp-volume-")
+    os.makedirs(directory, exist_ok=True)
+    shape = (1, 1, size, size, size)
+    dtype = np.dtype(np.float32)
+    volume_bytes = int(np.prod(shape)) * dtype.itemsize
+    w = np.random.default_rng(1).standard_normal((1, 1, 3, 3, 3)).astype(dtype) / 27
+    cluster = None
+    try:
+        if scheduler:
+            client = distributed.Client(scheduler)
+        else:
+            # the memory limit is enforced by termination at 95 %; no pausing or spilling
+            # (nothing worth spilling is kept: results go to disk as they are computed)
+            with dask.config.set({"distributed.worker.memory.pause": False,
+                                  "distributed.worker.memory.spill": False,
+                                  "distributed.worker.memory.target": False}):
+                cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    memory_limit=memory_limit, dashboard_address=None)
+            client = distributed.Client(cluster)
+        limits = [info["memory_limit"] for info in client.scheduler_info()["workers"].values()]
+        start = time.perf_counter()
+        x_file = create(os.path.join(directory, "x.npy"), shape, dtype, seed=0)
+        y_file = create(os.path.join(directory, "y.npy"), shape, dtype, seed=None)
+        dx_file = create(os.path.join(directory, "dx.npy"), shape, dtype, seed=None)
+        log(f"volume {shape} {dtype} = {mib(volume_bytes)} on disk in {directory} "
+            f"({time.perf_counter() - start:.1f} s to write)")
+        baseline = client.run(peak_rss, True)  # idle workers; the peaks start here
+        log(f"{len(limits)} workers, memory limit {mib(min(limits))} each "
+            f"(the volume is {volume_bytes / min(limits):.1f}x that); chunks {chunk}^3 "
+            f"({mib(chunk ** 3 * dtype.itemsize)}); workspace limit {mib(workspace)}")
+
+        chunks = (1, 1, chunk, chunk, chunk)
+        x = da.from_array(x_file, chunks=chunks, asarray=False)
+        with ib.workspace_limit(workspace):
+            y = ibd.conv(x, w, padding=1)
+        start = time.perf_counter()
+        da.store(y, y_file, lock=False, compute=True)
+        forward = time.perf_counter() - start
+
+        dy = da.from_array(y_file, chunks=chunks, asarray=False)  # δ = y, read back from disk
+        with ib.workspace_limit(workspace):
+            dx = ibd.conv_grad_input(dy, w, shape, padding=1)
+            dw = ibd.conv_grad_weight(dy, x, w.shape, padding=1)
+        start = time.perf_counter()
+        stored = da.store(dx, dx_file, lock=False, compute=False)
+        dw_value, _ = client.compute([dw, stored], sync=True)
+        backward = time.perf_counter() - start
+
+        dx_read = da.from_array(dx_file, chunks=chunks, asarray=False)
+        yy, xdx = client.compute([(dy.astype(np.float64) ** 2).sum(),
+                                  (x.astype(np.float64) * dx_read).sum()], sync=True)
+        wdw = float(np.vdot(w.astype(np.float64), dw_value))
+        part = (slice(None), slice(None), slice(0, 20), slice(30, 50), slice(size - 20, size))
+        local = ib.conv(x_file[:, :, 0:21, 29:51, size - 21:size], w, padding=((1, 0), 0, (0, 1)))
+        sub_error = float(np.abs(y_file[part] - local).max() / np.abs(local).max())
+        peaks = client.run(peak_rss)
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    log(f"forward {forward:.1f} s, backward (dx to disk + dw) {backward:.1f} s")
+    log(f"<y, y> = {yy:.6e}   <x, dx> = {xdx:.6e}   <w, dw> = {wdw:.6e}   "
+        f"(relative gaps {abs(xdx - yy) / yy:.1e}, {abs(wdw - yy) / yy:.1e}; float32)")
+    log(f"a 20^3 sub-volume against the in-memory library: max relative error {sub_error:.1e}")
+    log(f"{'worker':<28} {'peak memory':>12} {'idle':>10} {'volume / peak':>14}")
+    rows: List[dict] = []
+    for address in sorted(peaks):
+        rows.append(dict(worker=address, peak=peaks[address], start=baseline.get(address)))
+        log(f"{address:<28} {mib(peaks[address]):>12} {mib(baseline.get(address, 0)):>10} "
+            f"{volume_bytes / peaks[address]:>13.1f}x")
+    return dict(volume_bytes=volume_bytes, memory_limit=min(limits), workers=rows,
+                yy=yy, xdx=xdx, wdw=wdw, sub_error=sub_error, forward=forward,
+                backward=backward)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="edge S of the S^3 volume (512)")
+    parser.add_argument("--chunk", type=int, default=48, help="edge of a chunk (48)")
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes (2)")
+    parser.add_argument("--memory-limit", default="160MiB", help="per worker (160MiB)")
+    parser.add_argument("--dir", default=None, help="where the .npy files go (a temp dir)")
+    parser.add_argument("--scheduler", default=None, help="address of an existing scheduler")
+    args = parser.parse_args(argv)
+    if args.size < 22 or args.chunk < 1:
+        parser.error("--size must be at least 22 and --chunk positive")
+    result = run(args.size, args.chunk, args.workers, args.memory_limit, args.dir,
+                 args.scheduler)
+    ok = (abs(result["xdx"] - result["yy"]) <= 1e-4 * result["yy"]
+          and abs(result["wdw"] - result["yy"]) <= 1e-4 * result["yy"]
+          and result["sub_error"] < 1e-5)
+    print("checks passed" if ok else "CHECKS FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
