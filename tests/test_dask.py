@@ -123,7 +123,7 @@ def test_conv_transpose_equals_the_core(case, data):
 def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, memory_limit="1GiB") as cluster, \
+                                  dashboard_address=":0", memory_limit="1GiB") as cluster, \
             distributed.Client(cluster) as connected:
         yield connected
 
@@ -320,3 +320,37 @@ def test_errors_name_the_argument():
         ibd.conv(x[x[:, 0, 0] > 0], w)
     with pytest.raises(ValueError, match="reflect padding"):
         ibd.conv(x, w, padding=6, padding_mode="reflect")
+
+
+# --------------------------------------------------------------------------
+# the examples
+# --------------------------------------------------------------------------
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_parallel_training_step_equals_the_single_process_step():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("distributed")
+    rows = _script("dask_train_digits").compare(steps=2, batch=40, shards=3, log=None)
+    for row in rows:
+        assert abs(row["loss_parallel"] - row["loss_single"]) <= 1e-12 * row["loss_single"]
+        assert row["grad_gap"] < 1e-12 and row["param_gap"] < 1e-12, row
+
+
+def test_out_of_core_volume_example_small(tmp_path):
+    pytest.importorskip("distributed")
+    result = _script("dask_volume").run(length=30, side=24, chunk=(8, 8, 16), workers=1,
+                                        memory_limit="1GiB",
+                                        directory=str(tmp_path), log=None)
+    assert abs(result["xdx"] - result["yy"]) <= 1e-5 * result["yy"]
+    assert abs(result["wdw"] - result["yy"]) <= 1e-5 * result["yy"]
+    assert result["sub_error"] < 1e-6
+    assert len(result["workers"]) == 1 and result["workers"][0]["peak"] > 0
