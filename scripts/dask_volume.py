@@ -206,8 +206,11 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
         yy, xdx = client.compute([(dy.astype(np.float64) ** 2).sum(),
                                   (x.astype(np.float64) * dx_read).sum()], sync=True)
         wdw = float(np.vdot(w.astype(np.float64), dw_value))
-        part = (slice(None), slice(None), slice(0, 20), slice(30, 50), slice(side - 20, side))
-        local = ib.conv(x_file[:, :, 0:21, 29:51, side - 21:side], w, padding=((1, 0), 0, (0, 1)))
+        middle = side // 2  # a corner of the volume (two borders) and the middle of an axis
+        part = (slice(None), slice(None), slice(0, 20), slice(middle - 10, middle + 10),
+                slice(side - 20, side))
+        local = ib.conv(x_file[:, :, 0:21, middle - 11:middle + 11, side - 21:side], w,
+                        padding=((1, 0), 0, (0, 1)))
         sub_error = float(np.abs(y_file[part] - local).max() / np.abs(local).max())
         check_peaks = client.run(peak_rss)
         peaks = {a: max(phase[a] for phase in (forward_peaks, dx_peaks, backward_peaks,
