@@ -24,7 +24,7 @@ Usage::
 
     pip install "im2colbp[dask]"
     python scripts/dask_volume.py [--length 4096] [--side 256] [--chunk 32 64 64]
-                                  [--workers 2] [--memory-limit 256MiB] [--dir DIR]
+                                  [--workers 2] [--memory-limit 320MiB] [--dir DIR]
     python scripts/dask_volume.py --scheduler tcp://host:8786   # an existing cluster
                                   # (--dir must then be on a file system all workers share)
 """
@@ -135,7 +135,7 @@ def mib(nbytes: float) -> str:
 
 
 def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 64, 64),
-        workers: int = 2, memory_limit: str = "256MiB",
+        workers: int = 2, memory_limit: str = "320MiB",
         directory: Optional[str] = None, scheduler: Optional[str] = None,
         workspace: int = 16 * 2**20, log: Any = print) -> dict:
     """Run the example; return the sizes, the per-worker peaks and the checks."""
@@ -158,7 +158,9 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
             # the memory limit is enforced by termination at 95 %; no pausing or spilling
             # (nothing worth spilling is kept: results go to disk as they are computed).
             # Set for the cluster's lifetime: a restarted worker reads the config again.
+            # (and short bookkeeping logs: a worker keeps a record per task it ran)
             config = dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                                      "distributed.admin.low-level-log-length": 100,
                                       "distributed.worker.memory.pause": False,
                                       "distributed.worker.memory.spill": False,
                                       "distributed.worker.memory.target": False})
@@ -250,7 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--chunk", type=int, nargs=3, default=(32, 64, 64),
                         help="chunk shape (32 64 64)")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes (2)")
-    parser.add_argument("--memory-limit", default="256MiB", help="per worker (256MiB)")
+    parser.add_argument("--memory-limit", default="320MiB", help="per worker (320MiB)")
     parser.add_argument("--dir", default=None, help="where the .npy files go (a temp dir)")
     parser.add_argument("--scheduler", default=None, help="address of an existing scheduler")
     args = parser.parse_args(argv)
