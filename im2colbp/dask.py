@@ -4,23 +4,25 @@
 take the core's names and arguments and return *lazy* Dask arrays: nothing
 runs until ``.compute()`` (on threads, processes, or a ``dask.distributed``
 cluster). Inputs are chunked along the batch and spatial axes in any way; the
-channel axis is made one chunk (a rechunk, since every output channel needs
-every input channel of its group).
+channel axis is read as one chunk (a chunked channel axis is merged inside each
+task, since every output channel needs every input channel of its group).
 
 How a block is computed (the docs page "Beyond one machine" draws it):
 
-- **Padding once, at the global border.** The input is padded lazily with the
-  padding mode (a thin border of chunks copied from the interior), never at
-  chunk borders. The input gradient is the adjoint: the gradient of the
-  padded input is cropped, and its border part *folds back* onto the samples
-  the border was copied from (reflect, replicate, circular — circular may
-  wrap several times).
+- **Padding once, at the global border.** A block's read range, in padded
+  coordinates, is mapped through the padding mode (position p copies input
+  sample ``np.pad(arange(I), ..., mode)[p]``, from whichever chunk holds it);
+  padding never happens at chunk borders. The input gradient is the adjoint:
+  the gradient of the padded input is cropped, and its border part *folds
+  back* onto the samples the border was copied from (reflect, replicate,
+  circular — circular may wrap several times).
 - **Halos aligned with the stride.** An output chunk ``[o0, o1)`` reads the
   padded input ``[o0·S, (o1 - 1)·S + D·(K - 1) + 1)``, i.e. the unpadded input
   from ``o0·S - P_before``. Output chunks follow the input's: output o goes
   with the input chunk that holds its window's centre.
   A chunk smaller than the halo is not an error: the read range then spans
-  several chunks and is assembled from them.
+  several chunks and is assembled from them — in one task per block, from the
+  slices of the chunks it touches.
 - **Every block by the core.** Each task calls ``im2colbp.conv``,
   ``conv_grad_input`` or ``conv_grad_weight`` on its block with
   ``padding=0``, under the workspace limit in force when the graph was built
@@ -258,7 +260,8 @@ def _padded_reads(geometry: ConvGeometry, out_ranges: Sequence[Ranges]) -> List[
 
 
 def _fold(dxp: da.Array, geometry: ConvGeometry) -> da.Array:
-    """Adjoint of :func:`_pad`: crop the padded gradient, add its border onto the sources."""
+    """Adjoint of reading through the padding (:func:`_padded_reads`): crop the padded
+    gradient, add its border onto the samples it copies (a one-hot matrix per border)."""
     window = geometry.window
     for axis, (size, (before, after)) in enumerate(zip(window.in_size, window.padding), 2):
         if not (before or after):
@@ -458,7 +461,7 @@ def conv(
     ----------
     x : dask.array.Array, shape (N, C_in, *I) or (C_in, *I)
         Chunked in any way along the batch and spatial axes (the channel
-        axis is rechunked to one chunk). A NumPy array is taken as one chunk.
+        axis is read as one chunk). A NumPy array is taken as one chunk.
     weight : array_like or dask.array.Array, shape (C_out, C_in/G, *K)
         Small: it is sent whole to every task.
     bias : array_like or dask.array.Array, shape (C_out,), optional
