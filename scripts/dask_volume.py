@@ -18,7 +18,9 @@ against the volume's size.
 
 Memory: a task holds its block, its halo and its columns (27 x the block); a worker
 also holds the input chunks that later blocks still need as halo — about one slab of
-chunks across the short axes, which is why the default volume is long and thin.
+chunks across the short axes, which is why the default volume is long and thin. The
+local workers are restarted between the passes (as separate jobs would be), so that
+what one pass leaves in a worker's heap does not count against the next.
 
 Usage::
 
@@ -130,6 +132,23 @@ def peak_rss(reset: bool = False) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peaks_by_worker(client: Any, reset: bool = False) -> dict:
+    """``{worker name: peak bytes}`` (names survive a worker's restart, addresses do not)."""
+    result = client.run(peak_rss, reset)
+    info = client.scheduler_info()["workers"]
+    return {str(info[address]["name"]) if address in info else address: value
+            for address, value in result.items()}
+
+
+def fresh(client: Any, expected: int) -> dict:
+    """Restart the workers (a new process each: what the last pass left in the heap goes)
+    and return their idle peaks, reset. Without a local cluster, only reset the peaks."""
+    if expected:
+        client.restart(wait_for_workers=True)
+        client.wait_for_workers(expected)
+    return peaks_by_worker(client, True)
+
+
 def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:,.0f} MiB"
 
@@ -175,7 +194,8 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
         dx_file = create(os.path.join(directory, "dx.npy"), shape, dtype, seed=None)
         log(f"volume {shape} {dtype} = {mib(volume_bytes)} on disk in {directory} "
             f"({time.perf_counter() - start:.1f} s to write)")
-        baseline = client.run(peak_rss, True)  # idle workers; the peaks start here
+        restarts = 0 if scheduler else workers  # restart local workers between the passes
+        baseline = peaks_by_worker(client, True)  # idle workers; the peaks start here
         log(f"{len(limits)} workers, memory limit {mib(min(limits))} each "
             f"(the volume is {volume_bytes / min(limits):.1f}x that); chunks {chunk} "
             f"({np.prod(chunk) * dtype.itemsize / 2**10:,.0f} KiB); "
@@ -188,7 +208,8 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
         start = time.perf_counter()
         da.store(y, y_file, lock=False, compute=True)
         forward = time.perf_counter() - start
-        forward_peaks = client.run(peak_rss, True)
+        forward_peaks = peaks_by_worker(client)
+        fresh(client, restarts)
 
         # δ = y, read back from disk
         dy = da.from_array(y_file, chunks=chunks, asarray=False, inline_array=True)
@@ -199,10 +220,12 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
         # keep δ's chunks between the dx tasks and the dw tasks (memory ~ the volume)
         start = time.perf_counter()
         da.store(dx, dx_file, lock=False, compute=True)
-        dx_peaks = client.run(peak_rss, True)  # the peaks of each pass, separately
+        dx_peaks = peaks_by_worker(client)  # the peaks of each pass, separately
+        fresh(client, restarts)
         dw_value = client.compute(dw, sync=True)
         backward = time.perf_counter() - start
-        backward_peaks = client.run(peak_rss, True)
+        backward_peaks = peaks_by_worker(client)
+        fresh(client, restarts)
 
         dx_read = da.from_array(dx_file, chunks=chunks, asarray=False, inline_array=True)
         yy, xdx = client.compute([(dy.astype(np.float64) ** 2).sum(),
@@ -214,9 +237,9 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
         local = ib.conv(x_file[:, :, 0:21, middle - 11:middle + 11, side - 21:side], w,
                         padding=((1, 0), 0, (0, 1)))
         sub_error = float(np.abs(y_file[part] - local).max() / np.abs(local).max())
-        check_peaks = client.run(peak_rss)
-        peaks = {a: max(phase[a] for phase in (forward_peaks, dx_peaks, backward_peaks,
-                                               check_peaks)) for a in check_peaks}
+        check_peaks = peaks_by_worker(client)
+        peaks = {a: max(phase.get(a, 0) for phase in (forward_peaks, dx_peaks, backward_peaks,
+                                                      check_peaks)) for a in check_peaks}
         phases = dict(forward=forward_peaks, dx=dx_peaks, dw=backward_peaks, checks=check_peaks)
         client.close()
     finally:
@@ -231,14 +254,15 @@ def run(length: int = 4096, side: int = 256, chunk: Tuple[int, int, int] = (32, 
     log(f"<y, y> = {yy:.6e}   <x, dx> = {xdx:.6e}   <w, dw> = {wdw:.6e}   "
         f"(relative gaps {abs(xdx - yy) / yy:.1e}, {abs(wdw - yy) / yy:.1e}; float32)")
     log(f"a 20^3 sub-volume against the in-memory library: max relative error {sub_error:.1e}")
-    log(f"{'worker':<24} {'idle':>8} {'forward':>8} {'dx':>8} {'dw':>8} {'peak':>8} "
+    log(f"{'worker':<8} {'idle':>8} {'forward':>8} {'dx':>8} {'dw':>8} {'peak':>8} "
         f"{'volume / peak':>14}")
     rows: List[dict] = []
     for address in sorted(peaks):
         rows.append(dict(worker=address, peak=peaks[address], start=baseline.get(address),
-                         **{name: phase[address] for name, phase in phases.items()}))
-        log(f"{address:<24} {mib(baseline.get(address, 0)):>8} "
-            + " ".join(f"{mib(phases[name][address]):>8}" for name in ("forward", "dx", "dw"))
+                         **{name: phase.get(address, 0) for name, phase in phases.items()}))
+        log(f"{address:<8} {mib(baseline.get(address, 0)):>8} "
+            + " ".join(f"{mib(phases[name].get(address, 0)):>8}"
+                       for name in ("forward", "dx", "dw"))
             + f" {mib(peaks[address]):>8} {volume_bytes / peaks[address]:>13.1f}x")
     return dict(volume_bytes=volume_bytes, memory_limit=min(limits), workers=rows,
                 yy=yy, xdx=xdx, wdw=wdw, sub_error=sub_error, forward=forward,
