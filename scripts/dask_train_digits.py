@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A data-parallel training step: the digits CNN's batch sharded across Dask workers.
 
-The network and the optimiser are those of ``scripts/train_digits.py``. The batch is a
+The network and the optimiser are those of :mod:`im2colbp.digits`. The batch is a
 Dask array chunked along N (one shard per chunk); the forward and backward passes are
 written with ``im2colbp.dask`` on it, so every convolution block, every ReLU and the
 linear layer run on the worker holding its shard, and each parameter gradient is a tree
@@ -9,7 +9,7 @@ reduction over the shards (``conv_grad_weight``, ``conv_grad_bias``, and the lin
 layer's ``δᵀ·h`` contracted over N). Nothing but the parameters travels to the workers;
 only the summed gradients come back.
 
-The step is checked against the single-process step of ``train_digits.DigitsCNN``:
+The step is checked against the single-process step of ``im2colbp.digits.DigitsCNN``:
 the gradients and the parameters after one Adam update agree (float64: to ~1e-12).
 
 Usage::
@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -40,11 +39,12 @@ import im2colbp.dask as ibd
 
 
 def load_train_digits() -> Any:
-    """``scripts/train_digits.py`` as a module (the network, Adam, the data)."""
-    path = Path(__file__).resolve().parent / "train_digits.py"
-    spec = importlib.util.spec_from_file_location("train_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """:mod:`im2colbp.digits` (the network, Adam, the data), from the package or the checkout."""
+    try:
+        import im2colbp.digits as module
+    except ImportError:  # not installed: use the checkout this script is in
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import im2colbp.digits as module
     return module
 
 
