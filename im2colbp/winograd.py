@@ -41,7 +41,7 @@ to im2col for non-finite operands.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -65,7 +65,7 @@ TILES = (2, 4)
 
 #: Bytes of one channel block's source that the transform passes aim at, so
 #: that a block and its transformed copies stay in the L2 cache.
-_BLOCK_BYTES = 192 * 2**10
+_BLOCK_BYTES = 2**20
 
 # (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Lavin & Gray's points
 # 0, ±1 for m = 2 and 0, ±1, ±2 for m = 4, plus the point at infinity).
@@ -188,37 +188,35 @@ def _sizes(geometry: ConvGeometry, tile: int) -> Tuple[int, int, int, int]:
 def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
     """Scratch bytes that grow with the chunk: one sample's share of either pass.
 
-    The larger of the forward (transformed input V and products M, α^r·T·(C_in +
-    C_out) elements, plus the output staging C_out·∏(T·m)) and the weight
-    gradient (V and the transformed δ, the same count). Channel-block buffers
-    do not grow with the batch: they are in :func:`winograd_fixed_bytes`.
+    The transformed input V and the products M (or, for the weight gradient,
+    the transformed δ), α^r·T·(C_in + C_out) elements, plus the padded copy
+    C_in·∏(I + P) that a non-zero padding mode needs. The cache-sized block
+    buffers of the transforms are in :func:`winograd_fixed_bytes`.
 
     Examples
     --------
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> winograd_sample_bytes(g, 4, 4)    # 36·196·128·4 + 64·56·56·4
-    4415488
+    >>> winograd_sample_bytes(g, 4, 4)    # 36·196·128·4
+    3612672
     """
     _check_tile(tile)
-    positions, tiles, _, delta_volume = _sizes(geometry, tile)
-    transformed = positions * tiles * (geometry.in_channels + geometry.out_channels)
-    staging = geometry.out_channels * delta_volume
-    return (transformed + staging) * itemsize
-
-
-def _block_channels(per_channel_bytes: int, channels: int) -> int:
-    return max(1, min(channels, _BLOCK_BYTES // max(per_channel_bytes, 1)))
+    positions, tiles, _, _ = _sizes(geometry, tile)
+    elements = positions * tiles * (geometry.in_channels + geometry.out_channels)
+    if geometry.window.padding_mode != "zeros":
+        elements += geometry.in_channels * math.prod(geometry.window.padded_size)
+    return elements * itemsize
 
 
 def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int,
                          samples_per_chunk: int = 1) -> int:
     """Scratch bytes that do not grow with the chunk: transformed weights, block buffers.
 
-    The transformed weights U (and, for the weight gradient, dU), α^r·C_out·C_in/G
-    elements each, plus the channel-block buffers of the transform passes
-    (about ``_BLOCK_BYTES`` times a small factor; they scale with the chunk
-    only until a block is one channel, hence ``samples_per_chunk``).
+    The transformed weights U and the weight gradient's dU, α^r·C_out·C_in/G
+    elements each, plus the block buffers of the transform passes: a block
+    source of about 1 MiB (at least one tile row of the chunk, hence
+    ``samples_per_chunk``) and its transformed copies, at most (α/m)^r times
+    larger per pass.
 
     Examples
     --------
@@ -228,34 +226,59 @@ def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int,
     True
     """
     _check_tile(tile)
-    positions, tiles, padded_volume, _ = _sizes(geometry, tile)
+    positions, _, _, _ = _sizes(geometry, tile)
     weights = 2 * positions * geometry.out_channels * (geometry.in_channels // geometry.groups)
-    alpha = tile + 2
-    per_channel = max(padded_volume, positions * tiles) * samples_per_chunk * itemsize
-    block = max(per_channel, _BLOCK_BYTES)
-    # source block + every intermediate pass (each at most (α/m)^r times the source)
-    blocks = 2 * block * (1 + geometry.rank) * (alpha / tile) ** geometry.rank
-    return weights * itemsize + int(blocks)
+    r, alpha = geometry.rank, tile + 2
+    tiles = _tiles(geometry, tile)
+    channels = max(geometry.in_channels, geometry.out_channels)
+    row = alpha ** r * math.prod(tiles[1:]) * samples_per_chunk * channels * itemsize
+    block = max(row, _BLOCK_BYTES)
+    # source, one intermediate per pass (+ its temporary), the output staging
+    blocks = block * (2 + 2 * r)
+    return weights * itemsize + blocks
 
 
 # --------------------------------------------------------------------------
 # the 1-D passes: small-integer multiply-adds over strided views
 # --------------------------------------------------------------------------
 def _combine(out: np.ndarray, terms: Sequence[Tuple[float, np.ndarray]], tmp: np.ndarray) -> None:
-    """``out = Σ c·view`` over ``terms`` with as few memory passes as NumPy allows."""
+    """``out = Σ c·view`` over ``terms``, one ufunc (one pass over ``out``) per term.
+
+    The first two terms share one ufunc (``a ± b``, or ``c·b`` then ``+ a``);
+    each further unit term is one add or subtract, each further scaled term a
+    multiply into ``tmp`` and an add.
+    """
     if not terms:
         out[...] = 0
         return
-    # put a unit coefficient first where there is one (a copy instead of a multiply)
+    # unit coefficients first: they combine without a multiply
     terms = sorted(terms, key=lambda term: abs(term[0]) != 1)
-    coefficient, view = terms[0]
-    if coefficient == 1:
-        np.copyto(out, view)
-    elif coefficient == -1:
-        np.negative(view, out=out)
+    (c0, v0), rest = terms[0], terms[1:]
+    if not rest:
+        if c0 == 1:
+            np.copyto(out, v0)
+        elif c0 == -1:
+            np.negative(v0, out=out)
+        else:
+            np.multiply(v0, c0, out=out)
+        return
+    (c1, v1), rest = rest[0], rest[1:]
+    if abs(c0) == 1 and abs(c1) == 1:
+        if c0 == 1:
+            (np.add if c1 == 1 else np.subtract)(v0, v1, out=out)
+        elif c1 == 1:
+            np.subtract(v1, v0, out=out)
+        else:
+            np.add(v0, v1, out=out)
+            np.negative(out, out=out)
+    elif abs(c0) == 1:
+        np.multiply(v1, c1, out=out)
+        (np.add if c0 == 1 else np.subtract)(out, v0, out=out)  # c1·v1 ± v0
     else:
-        np.multiply(view, coefficient, out=out)
-    for coefficient, view in terms[1:]:
+        np.multiply(v0, c0, out=out)
+        np.multiply(v1, c1, out=tmp)
+        np.add(out, tmp, out=out)
+    for coefficient, view in rest:
         if coefficient == 1:
             np.add(out, view, out=out)
         elif coefficient == -1:
@@ -295,18 +318,18 @@ def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
 
 def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, step: int,
                      tiles: Tuple[int, ...], name: str) -> None:
-    """Transform the tiles of ``source`` (B, *S) along every axis into ``out`` (α^r, B, *T).
+    """Transform the tiles of ``source`` (*S, n, C) along every axis into ``out`` (α^r, *T, n, C).
 
     Tile t of axis a starts at ``step·t`` and spans ``matrix.shape[1]``
     samples; axis by axis, a pass replaces that axis by its T tiles and
     prepends its α transformed positions (after those of earlier axes).
     """
     r = len(tiles)
-    lead = source.ndim - r
+    lead = 0
     alpha = matrix.shape[0]
     current = source
     for axis in range(r):
-        # `current`: (ξ_1..ξ_axis, *B, T_1..T_axis, S_{axis+1}, ...)
+        # `current`: (ξ_1..ξ_axis, T_1..T_axis, S_{axis+1}, ..., n, C)
         spatial = axis + lead + axis  # position of this spatial axis in `current`
         if axis == r - 1:
             target = out
@@ -323,15 +346,15 @@ def _untransform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, 
                        name: str) -> None:
     """Inverse layout of :func:`_transform_tiles` for the output transform.
 
-    ``source`` (α^r, B, T_1..T_r) becomes ``out`` (B, T_1, m, ..., T_r, m):
+    ``source`` (α^r, T_1..T_r, n, C) becomes ``out`` (T_1, m, ..., T_r, m, n, C):
     axis by axis from the last, a pass removes that axis's ξ and puts its m
     outputs right after its tile index.
     """
-    lead = out.ndim - 2 * rank
+    lead = 0
     m = matrix.shape[0]
     current = source
     for axis in reversed(range(rank)):
-        # `current`: (ξ_1..ξ_{axis+1}, *B, T_1, .., T_{axis+1}, [m, T, m ...])
+        # `current`: (ξ_1..ξ_{axis+1}, T_1, .., T_{axis+1}, [m, T, m ...], n, C)
         spatial = (axis + 1) + lead + axis  # position of T_{axis+1} in `current`
         if axis == 0:
             target = out
@@ -351,7 +374,7 @@ def _untransform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, 
 # --------------------------------------------------------------------------
 def _transform_weight(weight: np.ndarray, geometry: ConvGeometry, tile: int,
                       dtype: np.dtype) -> np.ndarray:
-    """U = G w Gᵀ per axis, in float64, as (α^r, G, C_out/G, C_in/G) in ``dtype``."""
+    """U = G w Gᵀ per axis, in float64, as (α^r, G, C_in/G, C_out/G) in ``dtype``."""
     _, filt, _ = _MATRICES[tile]
     r = geometry.rank
     u = np.asarray(weight, dtype=np.float64)  # (C_out, C_in/G, 3, ..., 3)
@@ -362,17 +385,18 @@ def _transform_weight(weight: np.ndarray, geometry: ConvGeometry, tile: int,
     positions = (tile + 2) ** r
     groups = geometry.groups
     out_per_group = geometry.out_channels // groups
-    u = u.reshape(positions, groups, out_per_group, -1)
+    u = u.reshape(positions, groups, out_per_group, -1).transpose(0, 1, 3, 2)
     return np.ascontiguousarray(u, dtype=dtype)
 
 
 def _untransform_weight_gradient(du: np.ndarray, geometry: ConvGeometry,
                                  tile: int) -> np.ndarray:
-    """dW = Gᵀ dU G per axis: (α^r, G, C_out/G, C_in/G) -> (C_out, C_in/G, 3, ..., 3)."""
+    """dW = Gᵀ dU G per axis: (α^r, G, C_in/G, C_out/G) -> (C_out, C_in/G, 3, ..., 3)."""
     _, filt, _ = _MATRICES[tile]
     r = geometry.rank
     alpha = tile + 2
-    d = du.astype(np.float64).reshape((alpha,) * r + (geometry.out_channels, -1))
+    d = du.astype(np.float64).transpose(0, 1, 3, 2)
+    d = d.reshape((alpha,) * r + (geometry.out_channels, -1))
     for _ in range(r):
         # contract the first ξ axis; the resulting 3-axis goes last, so axes stay in order
         d = np.tensordot(d, filt, axes=([0], [0]))
@@ -394,36 +418,94 @@ def _check_arrays(geometry: ConvGeometry, x: np.ndarray, name: str, shape: Tuple
         raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
-def _padded_block(x_part: np.ndarray, geometry: ConvGeometry, tile: int,
-                  dtype: np.dtype) -> np.ndarray:
-    """x_part (n, c, *I) padded and tile-aligned as (c, n, *(T·m + 2)) in scratch."""
-    window = geometry.window
-    tiles = _tiles(geometry, tile)
-    aligned = tuple(t * tile + 2 for t in tiles)
-    n, c = x_part.shape[:2]
-    block = scratch("winograd.padded", (c, n) + aligned, dtype)
-    inner = block[(Ellipsis,) + tuple(slice(0, p) for p in window.padded_size)]
-    pad_into(x_part.transpose((1, 0) + tuple(range(2, x_part.ndim))), window, inner)
-    for axis, (p, a) in enumerate(zip(window.padded_size, aligned)):
-        if a > p:
-            block[(slice(None),) * (2 + axis) + (slice(p, None),)] = 0
-    return block
+def _blocks(tiles: Tuple[int, ...], row_bytes: int) -> Iterator[slice]:
+    """Cache-sized blocks of tile rows along the first spatial axis.
+
+    ``row_bytes`` is the source of one tile row (all samples of the chunk,
+    all channels); a block holds about ``_BLOCK_BYTES`` of it, at least a row.
+    """
+    rows = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    for start in range(0, tiles[0], rows):
+        yield slice(start, min(tiles[0], start + rows))
+
+
+def _fill(block: np.ndarray, source: np.ndarray, offset: Sequence[int], start: int) -> None:
+    """Place ``source`` (n, C, *S) at coordinates ``offset`` into ``block`` (*R, n, C).
+
+    ``block`` covers ``[start, start + R_1)`` on the first spatial axis and
+    ``[0, R_a)`` on the others; what ``source`` does not cover is zero. Casts
+    to the block's dtype; moves samples and channels last (one copy).
+    """
+    block_slices = []
+    source_slices = []
+    full = True
+    for axis, size in enumerate(block.shape[:-2]):
+        low = start if axis == 0 else 0
+        begin = max(low, offset[axis])
+        end = min(low + size, offset[axis] + source.shape[2 + axis])
+        if begin >= end:
+            block[...] = 0
+            return
+        full = full and begin == low and end == low + size
+        block_slices.append(slice(begin - low, end - low))
+        source_slices.append(slice(begin - offset[axis], end - offset[axis]))
+    if not full:
+        block[...] = 0
+    target = block[tuple(block_slices)]
+    order = tuple(range(1, source.ndim - 1)) + (0,)
+    for sample in range(source.shape[0]):  # one (C, *S) -> (*S, C) transpose each: faster
+        target[..., sample, :] = source[(sample, slice(None)) + tuple(source_slices)].transpose(
+            order)
 
 
 def _transform_input(x_part: np.ndarray, geometry: ConvGeometry, tile: int,
                      dtype: np.dtype, v: np.ndarray) -> None:
-    """V (α^r, C_in, n, *T) = Bᵀ d B of every input tile, in channel blocks."""
+    """V (α^r, *T, n, C_in) = Bᵀ d B of every input tile (padded, tile-aligned), in blocks."""
     bt, _, _ = _MATRICES[tile]
-    tiles = _tiles(geometry, tile)
-    n = x_part.shape[0]
-    aligned = math.prod(t * tile + 2 for t in tiles)
-    cb = _block_channels(n * aligned * np.dtype(dtype).itemsize, geometry.in_channels)
+    window = geometry.window
     r = geometry.rank
-    for c0 in range(0, geometry.in_channels, cb):
-        c1 = min(c0 + cb, geometry.in_channels)
-        block = _padded_block(x_part[:, c0:c1], geometry, tile, dtype)
-        _transform_tiles(block, v[(slice(None),) * r + (slice(c0, c1),)], bt, tile, tiles,
-                         "winograd.in")
+    tiles = _tiles(geometry, tile)
+    aligned = tuple(t * tile + 2 for t in tiles)
+    n, channels = x_part.shape[:2]
+    row_bytes = tile * math.prod(aligned[1:]) * n * channels * dtype.itemsize
+    if window.padding_mode == "zeros":
+        source, offset = x_part, tuple(before for before, _ in window.padding)
+    else:  # reflect, replicate, circular: pad the chunk once, then tile it
+        source = scratch("winograd.modepad", (n, channels) + window.padded_size, dtype)
+        pad_into(x_part, window, source)
+        offset = (0,) * r
+    for rows in _blocks(tiles, row_bytes):
+        nrows = rows.stop - rows.start
+        block = scratch("winograd.block", (nrows * tile + 2,) + aligned[1:] + (n, channels),
+                        dtype)
+        _fill(block, source, offset, rows.start * tile)
+        _transform_tiles(block, v[(slice(None),) * r + (rows,)], bt, tile,
+                         (nrows,) + tiles[1:], "winograd.in")
+
+
+def _multiply(u: np.ndarray, v: np.ndarray, m: np.ndarray, groups: int) -> None:
+    """M_ξ = V_ξ · U_ξ per group: (α^r, T·n, C_in) x (α^r, G, C_in/G, C_out/G) -> M."""
+    positions, ci, co = u.shape[0], u.shape[2], u.shape[3]
+    v3 = v.reshape(positions, -1, groups, ci)
+    m3 = m.reshape(positions, -1, groups, co)
+    if groups == 1:
+        np.matmul(v3[:, :, 0], u[:, 0], out=m3[:, :, 0])
+    elif ci == 1:  # depthwise: a broadcast product, no GEMM
+        np.multiply(v3, u.reshape(positions, 1, groups, co), out=m3)
+    else:
+        m3[...] = np.matmul(v3.transpose(0, 2, 1, 3), u).transpose(0, 2, 1, 3)
+
+
+def _check_arrays(geometry: ConvGeometry, array: np.ndarray, name: str,
+                  shape: Tuple[int, ...], tile: int, samples_per_chunk: int) -> None:
+    reason = winograd_reason_not(geometry)
+    if reason is not None:
+        raise ValueError(reason)
+    _check_tile(tile)
+    if tuple(array.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} (batched), got {tuple(array.shape)}")
+    if samples_per_chunk < 1:
+        raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
 def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
@@ -458,12 +540,8 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     fewer) for F(4×4, 3×3). The transforms cost O(α^r) adds per tile and
     channel and are memory-bound.
 
-    Error bound (float32, max |error| / max |exact| against float64 over the
-    benchmark's 3×3 shapes and the tests' random shapes, standard-normal
-    data): F(2, 3) < 2e-6 in 1-D/2-D, F(4, 3) < 2e-5 in 2-D (measured 3e-6
-    to 8e-6, growing with C_in·3^r); in 3-D F(4, 3) is worse (the
-    transform's 1/6, 1/24 and its 4, 5 entries compound per axis). The tests
-    enforce 2e-6 and 2e-5 (2-D) scaled by √(C_in/G·3^r/9) only as a margin.
+    Error bound (float32, max |error| / max |exact| against float64, standard
+    normal data): see :data:`ERROR_BOUNDS`, which the tests enforce.
 
     Examples
     --------
@@ -488,82 +566,65 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
         raise ValueError(f"weight must have shape {geometry.weight_shape}, "
                          f"got {tuple(weight.shape)}")
     r = geometry.rank
-    out_size = geometry.window.out_size
-    y = np.empty((batch, geometry.out_channels) + out_size, dtype=dtype)
+    y = np.empty((batch, geometry.out_channels) + geometry.window.out_size, dtype=dtype)
     if y.size == 0:
         return y
     if geometry.in_channels == 0:
         y[...] = 0
         return y
     tiles = _tiles(geometry, tile)
-    positions = (tile + 2) ** r
-    groups = geometry.groups
-    ci, co = geometry.in_channels // groups, geometry.out_channels // groups
-    _, _, at = _MATRICES[tile]
-    u = _transform_weight(weight, geometry, tile, dtype)  # (α^r, G, co, ci)
-    depthwise = ci == 1
-    with scratch_scope(samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
-                       + winograd_fixed_bytes(geometry, tile, dtype.itemsize,
-                                              samples_per_chunk)):
+    alphas = (tile + 2,) * r
+    u = _transform_weight(weight, geometry, tile, dtype)  # (α^r, G, C_in/G, C_out/G)
+    planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
+               + winograd_fixed_bytes(geometry, tile, dtype.itemsize, samples_per_chunk))
+    with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
             n = part.stop - part.start
-            count = n * math.prod(tiles)
-            v = scratch("winograd.v", (tile + 2,) * r + (geometry.in_channels, n) + tiles, dtype)
+            v = scratch("winograd.v", alphas + tiles + (n, geometry.in_channels), dtype)
             _transform_input(x[part], geometry, tile, dtype, v)
-            m = scratch("winograd.m", (tile + 2,) * r + (geometry.out_channels, n) + tiles,
-                        dtype)
-            v4 = v.reshape(positions, groups, ci, count)
-            m4 = m.reshape(positions, groups, co, count)
-            if depthwise:
-                np.multiply(u, v4, out=m4)  # (α^r, G, co, 1) * (α^r, G, 1, n·T)
-            else:
-                np.matmul(u, v4, out=m4)
-            _output_transform(m, y[part], geometry, tile, at, dtype)
+            m = scratch("winograd.m", alphas + tiles + (n, geometry.out_channels), dtype)
+            _multiply(u, v, m, geometry.groups)
+            _output_transform(m, y[part], geometry, tile, dtype)
     return y
 
 
 def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry, tile: int,
-                      at: np.ndarray, dtype: np.dtype) -> None:
-    """y_part (n, C_out, *O) = Aᵀ M A of every tile, cropped, in channel blocks."""
+                      dtype: np.dtype) -> None:
+    """y_part (n, C_out, *O) = Aᵀ M A of every tile, cropped to O, in blocks."""
+    _, _, at = _MATRICES[tile]
     r = geometry.rank
-    n = y_part.shape[0]
-    tiles = m.shape[r + 2:]
-    positions = (tile + 2) ** r
-    cb = _block_channels(n * math.prod(tiles) * positions * dtype.itemsize,
-                         geometry.out_channels)
-    crop = (slice(None), slice(None)) + tuple(slice(0, o) for o in geometry.window.out_size)
-    y_t = y_part.transpose((1, 0) + tuple(range(2, y_part.ndim)))  # (C_out, n, *O)
-    for c0 in range(0, geometry.out_channels, cb):
-        c1 = min(c0 + cb, geometry.out_channels)
-        stage_shape = (c1 - c0, n) + sum(((t, tile) for t in tiles), ())
-        stage = scratch("winograd.stage", stage_shape, dtype)
-        _untransform_tiles(m[(slice(None),) * r + (slice(c0, c1),)], stage, at, r,
-                           "winograd.out")
-        aligned = stage.reshape((c1 - c0, n) + tuple(t * tile for t in tiles))
-        y_t[c0:c1] = aligned[crop]
+    tiles = _tiles(geometry, tile)
+    out_size = geometry.window.out_size
+    n, channels = y_part.shape[:2]
+    row_bytes = (tile + 2) ** r * math.prod(tiles[1:]) * n * channels * dtype.itemsize
+    for rows in _blocks(tiles, row_bytes):
+        block_tiles = (rows.stop - rows.start,) + tiles[1:]
+        stage = scratch("winograd.stage",
+                        sum(((t, tile) for t in block_tiles), ()) + (n, channels), dtype)
+        _untransform_tiles(m[(slice(None),) * r + (rows,)], stage, at, r, "winograd.out")
+        first = rows.start * tile
+        valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
+        stage = stage.reshape(tuple(t * tile for t in block_tiles) + (n, channels))
+        stage = stage[tuple(slice(0, v) for v in valid)]
+        y_part[:, :, first:first + valid[0]] = np.moveaxis(stage, (-2, -1), (0, 1))
 
 
 def _transform_delta(dy_part: np.ndarray, geometry: ConvGeometry, tile: int, dtype: np.dtype,
                      delta: np.ndarray) -> None:
-    """Δ (α^r, C_out, n, *T) = A δ Aᵀ of every m-sized δ tile, in channel blocks."""
+    """Δ (α^r, *T, n, C_out) = A δ Aᵀ of every m-sized δ tile (zero beyond O), in blocks."""
     _, _, at = _MATRICES[tile]
     a = at.T  # (α, m)
     r = geometry.rank
     tiles = _tiles(geometry, tile)
     aligned = tuple(t * tile for t in tiles)
-    n = dy_part.shape[0]
-    cb = _block_channels(n * math.prod(aligned) * dtype.itemsize, geometry.out_channels)
-    out_size = geometry.window.out_size
-    for c0 in range(0, geometry.out_channels, cb):
-        c1 = min(c0 + cb, geometry.out_channels)
-        block = scratch("winograd.dblock", (c1 - c0, n) + aligned, dtype)
-        block[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_size)] = \
-            dy_part[:, c0:c1].transpose((1, 0) + tuple(range(2, dy_part.ndim)))
-        for axis, (o, al) in enumerate(zip(out_size, aligned)):
-            if al > o:
-                block[(slice(None),) * (2 + axis) + (slice(o, None),)] = 0
-        _transform_tiles(block, delta[(slice(None),) * r + (slice(c0, c1),)], a, tile, tiles,
-                         "winograd.delta")
+    n, channels = dy_part.shape[:2]
+    row_bytes = tile * math.prod(aligned[1:]) * n * channels * dtype.itemsize
+    for rows in _blocks(tiles, row_bytes):
+        nrows = rows.stop - rows.start
+        block = scratch("winograd.dblock", (nrows * tile,) + aligned[1:] + (n, channels), dtype)
+        _fill(block, dy_part, (0,) * r, rows.start * tile)
+        _transform_tiles(block, delta[(slice(None),) * r + (rows,)], a, tile,
+                         (nrows,) + tiles[1:], "winograd.delta")
 
 
 def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike, *,
@@ -596,9 +657,8 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
 
     Notes
     -----
-    Error bound (float32, max |error| / max |exact|): F(2, 3) < 2e-6, F(4, 3)
-    < 2e-5 in 2-D; the sum over n·T tiles runs in the GEMM's precision like
-    im2col's ``δ · colsᵀ``.
+    Error bound (float32): see :data:`ERROR_BOUNDS`. The sum over n·T tiles
+    runs in the GEMM's precision like im2col's ``δ · colsᵀ``.
 
     Examples
     --------
@@ -617,9 +677,9 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     batch = x.shape[0] if x.ndim else 0
     _check_arrays(geometry, x, "x", (batch, geometry.in_channels) + geometry.window.in_size,
                   tile, samples_per_chunk)
-    out_shape = (batch, geometry.out_channels) + geometry.window.out_size
-    if tuple(dy.shape) != out_shape:
-        raise ValueError(f"dy must have shape {out_shape}, got {tuple(dy.shape)}")
+    _check_arrays(geometry, dy, "dy",
+                  (batch, geometry.out_channels) + geometry.window.out_size,
+                  tile, samples_per_chunk)
     r = geometry.rank
     groups = geometry.groups
     ci, co = geometry.in_channels // groups, geometry.out_channels // groups
@@ -627,23 +687,24 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     if batch == 0 or geometry.out_channels == 0 or geometry.in_channels == 0:
         return np.zeros(geometry.weight_shape, dtype=dtype)
     tiles = _tiles(geometry, tile)
-    du = np.zeros((positions, groups, co, ci), dtype=dtype)
-    depthwise = ci == 1 and co == 1
-    with scratch_scope(samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
-                       + winograd_fixed_bytes(geometry, tile, dtype.itemsize,
-                                              samples_per_chunk)):
+    alphas = (tile + 2,) * r
+    du = np.zeros((positions, groups, ci, co), dtype=dtype)
+    planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
+               + winograd_fixed_bytes(geometry, tile, dtype.itemsize, samples_per_chunk))
+    with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
             n = part.stop - part.start
             count = n * math.prod(tiles)
-            v = scratch("winograd.v", (tile + 2,) * r + (geometry.in_channels, n) + tiles, dtype)
+            v = scratch("winograd.v", alphas + tiles + (n, geometry.in_channels), dtype)
             _transform_input(x[part], geometry, tile, dtype, v)
-            delta = scratch("winograd.m", (tile + 2,) * r + (geometry.out_channels, n) + tiles,
-                            dtype)
+            delta = scratch("winograd.m", alphas + tiles + (n, geometry.out_channels), dtype)
             _transform_delta(dy[part], geometry, tile, dtype, delta)
-            v4 = v.reshape(positions, groups, ci, count)
-            d4 = delta.reshape(positions, groups, co, count)
-            if depthwise:
-                du += np.einsum("pgct,pgdt->pgcd", d4, v4)
+            v3 = v.reshape(positions, count, groups, ci)
+            d3 = delta.reshape(positions, count, groups, co)
+            if groups == 1:
+                du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
+            elif ci == 1 and co == 1:  # depthwise: per-position dot products
+                du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
             else:
-                du += np.matmul(d4, v4.swapaxes(-1, -2))
+                du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
     return np.ascontiguousarray(_untransform_weight_gradient(du, geometry, tile), dtype=dtype)
