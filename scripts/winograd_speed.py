@@ -22,7 +22,6 @@ from im2colbp.geometry import conv_geometry
 from im2colbp.kernels import backprop_kernel
 from im2colbp.workspace import samples_per_chunk, scratch_scope
 
-
 #: Chunk target for V and M together (the plan may pick otherwise).
 CHUNK_BYTES = 32 * 2**20
 
