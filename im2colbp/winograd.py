@@ -199,56 +199,75 @@ def _sizes(geometry: ConvGeometry, tile: int) -> Tuple[int, int, int, int]:
             math.prod(t * tile for t in tiles))
 
 
-def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
-    """Scratch bytes that grow with the chunk: one sample's share of either pass.
+def _row_elements(geometry: ConvGeometry, tile: int) -> Tuple[int, int]:
+    """(every buffer's elements for one tile row of one sample, that row's source elements).
 
-    The transformed input V and the products M (or, for the weight gradient,
-    the transformed δ), α^r·T·(C_in + C_out) elements, plus the padded copy
-    C_in·∏(I + P) that a non-zero padding mode needs. The cache-sized block
-    buffers of the transforms are in :func:`winograd_fixed_bytes`.
+    A block of tile rows holds: the tile-aligned source rows, one output and
+    one temporary per input pass, V and M, and one output and one temporary
+    per output pass (the last being the output staging).
+    """
+    r, m, alpha = geometry.rank, tile, tile + 2
+    tiles = (1,) + _tiles(geometry, tile)[1:]
+    aligned = (m + 2,) + tuple(t * m + 2 for t in tiles[1:])
+    c_in, c_out = geometry.in_channels, geometry.out_channels
+    total = math.prod(aligned) * c_in
+    for axis in range(r):  # input passes: axes <= axis are tiles with α positions
+        out = alpha ** (axis + 1) * math.prod(tiles[:axis + 1]) * math.prod(aligned[axis + 1:])
+        total += (out + out // alpha) * c_in
+    total += alpha ** r * math.prod(tiles) * (c_in + c_out)  # V and M (or Δ)
+    for axis in reversed(range(r)):  # output passes: axes >= axis are done (m outputs)
+        out = alpha ** axis * math.prod(tiles) * m ** (r - axis)
+        total += (out + out // m) * c_out
+    source = m * math.prod(aligned[1:]) * max(c_in, c_out)
+    return total, source
+
+
+def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
+    """Scratch bytes that grow with the chunk, per sample.
+
+    The passes run block by block (tile rows of the first spatial axis, all
+    samples of the chunk, about 1 MiB of source): transform, multiply and
+    transform back, so nothing of the size of the whole chunk is ever held
+    except, for a non-zero padding mode, the padded chunk (C_in·∏(I + P)
+    per sample). A block holds at least one tile row of every sample,
+    which is the other term.
 
     Examples
     --------
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> winograd_sample_bytes(g, 4, 4)    # 36·196·128·4
-    3612672
+    >>> winograd_sample_bytes(g, 4, 4)      # one tile row of one sample, every buffer
+    780800
     """
     _check_tile(tile)
-    positions, tiles, _, _ = _sizes(geometry, tile)
-    elements = positions * tiles * (geometry.in_channels + geometry.out_channels)
+    row, _ = _row_elements(geometry, tile)
+    padded = 0
     if geometry.window.padding_mode != "zeros":
-        elements += geometry.in_channels * math.prod(geometry.window.padded_size)
-    return elements * itemsize
+        padded = geometry.in_channels * math.prod(geometry.window.padded_size)
+    return (row + padded) * itemsize
 
 
-def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int,
-                         samples_per_chunk: int = 1) -> int:
+def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
     """Scratch bytes that do not grow with the chunk: transformed weights, block buffers.
 
     The transformed weights U and the weight gradient's dU, α^r·C_out·C_in/G
-    elements each, plus the block buffers of the transform passes: a block
-    source of about 1 MiB (at least one tile row of the chunk, hence
-    ``samples_per_chunk``) and its transformed copies, at most (α/m)^r times
-    larger per pass.
+    elements each, plus the buffers of a block of about ``_BLOCK_BYTES`` of
+    source (1 MiB), which hold ten to twenty times that. With
+    :func:`winograd_sample_bytes` this bounds every buffer of a call:
+    ``samples_per_chunk * sample_bytes + fixed_bytes``.
 
     Examples
     --------
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> winograd_fixed_bytes(g, 4, 4) > 2 * 36 * 64 * 64 * 4
-    True
+    >>> winograd_fixed_bytes(g, 4, 4) // 2**20
+    14
     """
     _check_tile(tile)
-    positions, _, _, _ = _sizes(geometry, tile)
+    positions = (tile + 2) ** geometry.rank
     weights = 2 * positions * geometry.out_channels * (geometry.in_channels // geometry.groups)
-    r, alpha = geometry.rank, tile + 2
-    tiles = _tiles(geometry, tile)
-    channels = max(geometry.in_channels, geometry.out_channels)
-    row = alpha ** r * math.prod(tiles[1:]) * samples_per_chunk * channels * itemsize
-    block = max(row, _BLOCK_BYTES)
-    # source, one intermediate per pass (+ its temporary), the output staging
-    blocks = block * (2 + 2 * r)
+    row, source = _row_elements(geometry, tile)
+    blocks = -(-_BLOCK_BYTES * row // max(source, 1))
     return weights * itemsize + blocks
 
 
@@ -472,29 +491,41 @@ def _fill(block: np.ndarray, source: np.ndarray, offset: Sequence[int], start: i
             order)
 
 
-def _transform_input(x_part: np.ndarray, geometry: ConvGeometry, tile: int,
-                     dtype: np.dtype, v: np.ndarray) -> None:
-    """V (α^r, *T, n, C_in) = Bᵀ d B of every input tile (padded, tile-aligned), in blocks."""
-    bt, _, _ = _MATRICES[tile]
+def _input_source(x_part: np.ndarray, geometry: ConvGeometry,
+                  dtype: np.dtype) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """What the tiles are cut from, and where it sits in padded coordinates.
+
+    Zero padding needs no copy (the blocks are zero where x is not); the
+    other modes pad the chunk once, into scratch.
+    """
     window = geometry.window
-    r = geometry.rank
+    if window.padding_mode == "zeros":
+        return x_part, tuple(before for before, _ in window.padding)
+    padded = scratch("winograd.modepad", x_part.shape[:2] + window.padded_size, dtype)
+    pad_into(x_part, window, padded)
+    return padded, (0,) * geometry.rank
+
+
+def _row_blocks(geometry: ConvGeometry, tile: int, n: int, itemsize: int) -> Iterator[slice]:
+    """The cache-sized blocks of tile rows (first spatial axis) one chunk of n runs in."""
     tiles = _tiles(geometry, tile)
     aligned = tuple(t * tile + 2 for t in tiles)
-    n, channels = x_part.shape[:2]
-    row_bytes = tile * math.prod(aligned[1:]) * n * channels * dtype.itemsize
-    if window.padding_mode == "zeros":
-        source, offset = x_part, tuple(before for before, _ in window.padding)
-    else:  # reflect, replicate, circular: pad the chunk once, then tile it
-        source = scratch("winograd.modepad", (n, channels) + window.padded_size, dtype)
-        pad_into(x_part, window, source)
-        offset = (0,) * r
-    for rows in _blocks(tiles, row_bytes):
-        nrows = rows.stop - rows.start
-        block = scratch("winograd.block", (nrows * tile + 2,) + aligned[1:] + (n, channels),
-                        dtype)
-        _fill(block, source, offset, rows.start * tile)
-        _transform_tiles(block, v[(slice(None),) * r + (rows,)], bt, tile,
-                         (nrows,) + tiles[1:], "winograd.in")
+    channels = max(geometry.in_channels, geometry.out_channels)
+    return _blocks(tiles, tile * math.prod(aligned[1:]) * n * channels * itemsize)
+
+
+def _transform_input(source: np.ndarray, offset: Tuple[int, ...], geometry: ConvGeometry,
+                     tile: int, rows: slice, v: np.ndarray) -> None:
+    """V (α^r, rows, *T_rest, n, C_in) = Bᵀ d B of the input tiles in tile ``rows``."""
+    bt, _, _ = _MATRICES[tile]
+    tiles = _tiles(geometry, tile)
+    aligned = tuple(t * tile + 2 for t in tiles)
+    n, channels = source.shape[:2]
+    nrows = rows.stop - rows.start
+    block = scratch("winograd.block", (nrows * tile + 2,) + aligned[1:] + (n, channels),
+                    v.dtype)
+    _fill(block, source, offset, rows.start * tile)
+    _transform_tiles(block, v, bt, tile, (nrows,) + tiles[1:], "winograd.in")
 
 
 def _multiply(u: np.ndarray, v: np.ndarray, m: np.ndarray, groups: int) -> None:
@@ -591,55 +622,53 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     alphas = (tile + 2,) * r
     u = _transform_weight(weight, geometry, tile, dtype)  # (α^r, G, C_in/G, C_out/G)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
-               + winograd_fixed_bytes(geometry, tile, dtype.itemsize, samples_per_chunk))
+               + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
             n = part.stop - part.start
-            v = scratch("winograd.v", alphas + tiles + (n, geometry.in_channels), dtype)
-            _transform_input(x[part], geometry, tile, dtype, v)
-            m = scratch("winograd.m", alphas + tiles + (n, geometry.out_channels), dtype)
-            _multiply(u, v, m, geometry.groups)
-            _output_transform(m, y[part], geometry, tile, dtype)
+            source, offset = _input_source(x[part], geometry, dtype)
+            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
+                # transform, multiply and transform back one cache-sized block at a time
+                block = alphas + (rows.stop - rows.start,) + tiles[1:]
+                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
+                _transform_input(source, offset, geometry, tile, rows, v)
+                m = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
+                _multiply(u, v, m, geometry.groups)
+                _output_transform(m, y[part], geometry, tile, rows)
     return y
 
 
 def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry, tile: int,
-                      dtype: np.dtype) -> None:
-    """y_part (n, C_out, *O) = Aᵀ M A of every tile, cropped to O, in blocks."""
+                      rows: slice) -> None:
+    """y_part (n, C_out, *O) in tile ``rows`` = Aᵀ M A of the block's tiles, cropped to O."""
     _, _, at = _MATRICES[tile]
     r = geometry.rank
     tiles = _tiles(geometry, tile)
     out_size = geometry.window.out_size
     n, channels = y_part.shape[:2]
-    row_bytes = (tile + 2) ** r * math.prod(tiles[1:]) * n * channels * dtype.itemsize
-    for rows in _blocks(tiles, row_bytes):
-        block_tiles = (rows.stop - rows.start,) + tiles[1:]
-        stage = scratch("winograd.stage",
-                        sum(((t, tile) for t in block_tiles), ()) + (n, channels), dtype)
-        _untransform_tiles(m[(slice(None),) * r + (rows,)], stage, at, r, "winograd.out")
-        first = rows.start * tile
-        valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
-        stage = stage.reshape(tuple(t * tile for t in block_tiles) + (n, channels))
-        stage = stage[tuple(slice(0, v) for v in valid)]
-        y_part[:, :, first:first + valid[0]] = np.moveaxis(stage, (-2, -1), (0, 1))
+    block_tiles = (rows.stop - rows.start,) + tiles[1:]
+    stage = scratch("winograd.stage", sum(((t, tile) for t in block_tiles), ()) + (n, channels),
+                    m.dtype)
+    _untransform_tiles(m, stage, at, r, "winograd.out")
+    first = rows.start * tile
+    valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
+    stage = stage.reshape(tuple(t * tile for t in block_tiles) + (n, channels))
+    stage = stage[tuple(slice(0, v) for v in valid)]
+    y_part[:, :, first:first + valid[0]] = np.moveaxis(stage, (-2, -1), (0, 1))
 
 
-def _transform_delta(dy_part: np.ndarray, geometry: ConvGeometry, tile: int, dtype: np.dtype,
+def _transform_delta(dy_part: np.ndarray, geometry: ConvGeometry, tile: int, rows: slice,
                      delta: np.ndarray) -> None:
-    """Δ (α^r, *T, n, C_out) = A δ Aᵀ of every m-sized δ tile (zero beyond O), in blocks."""
+    """Δ (α^r, rows, *T_rest, n, C_out) = A δ Aᵀ of the m-sized δ tiles (zero beyond O)."""
     _, _, at = _MATRICES[tile]
-    a = at.T  # (α, m)
-    r = geometry.rank
     tiles = _tiles(geometry, tile)
     aligned = tuple(t * tile for t in tiles)
     n, channels = dy_part.shape[:2]
-    row_bytes = tile * math.prod(aligned[1:]) * n * channels * dtype.itemsize
-    for rows in _blocks(tiles, row_bytes):
-        nrows = rows.stop - rows.start
-        block = scratch("winograd.dblock", (nrows * tile,) + aligned[1:] + (n, channels), dtype)
-        _fill(block, dy_part, (0,) * r, rows.start * tile)
-        _transform_tiles(block, delta[(slice(None),) * r + (rows,)], a, tile,
-                         (nrows,) + tiles[1:], "winograd.delta")
+    nrows = rows.stop - rows.start
+    block = scratch("winograd.dblock", (nrows * tile,) + aligned[1:] + (n, channels),
+                    delta.dtype)
+    _fill(block, dy_part, (0,) * geometry.rank, rows.start * tile)
+    _transform_tiles(block, delta, at.T, tile, (nrows,) + tiles[1:], "winograd.delta")
 
 
 def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike, *,
@@ -707,21 +736,23 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     alphas = (tile + 2,) * r
     du = np.zeros((positions, groups, ci, co), dtype=dtype)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
-               + winograd_fixed_bytes(geometry, tile, dtype.itemsize, samples_per_chunk))
+               + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
             n = part.stop - part.start
-            count = n * math.prod(tiles)
-            v = scratch("winograd.v", alphas + tiles + (n, geometry.in_channels), dtype)
-            _transform_input(x[part], geometry, tile, dtype, v)
-            delta = scratch("winograd.m", alphas + tiles + (n, geometry.out_channels), dtype)
-            _transform_delta(dy[part], geometry, tile, dtype, delta)
-            v3 = v.reshape(positions, count, groups, ci)
-            d3 = delta.reshape(positions, count, groups, co)
-            if groups == 1:
-                du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
-            elif ci == 1 and co == 1:  # depthwise: per-position dot products
-                du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
-            else:
-                du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
+            source, offset = _input_source(x[part], geometry, dtype)
+            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
+                block = alphas + (rows.stop - rows.start,) + tiles[1:]
+                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
+                _transform_input(source, offset, geometry, tile, rows, v)
+                delta = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
+                _transform_delta(dy[part], geometry, tile, rows, delta)
+                v3 = v.reshape(positions, -1, groups, ci)
+                d3 = delta.reshape(positions, -1, groups, co)
+                if groups == 1:
+                    du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
+                elif ci == 1 and co == 1:  # depthwise: per-position dot products
+                    du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
+                else:
+                    du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
     return np.ascontiguousarray(_untransform_weight_gradient(du, geometry, tile), dtype=dtype)

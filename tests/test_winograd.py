@@ -272,14 +272,16 @@ def test_empty_batch_and_zero_channels():
 
 @pytest.mark.parametrize("tile", wg.TILES)
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-def test_scratch_stays_within_the_stated_bytes(tile, mode, rng):
+@pytest.mark.parametrize("block_bytes", [wg._BLOCK_BYTES, 1, 20_000])
+def test_scratch_stays_within_the_stated_bytes(tile, mode, block_bytes, rng, monkeypatch):
+    monkeypatch.setattr(wg, "_BLOCK_BYTES", block_bytes)
     x = rng.standard_normal((6, 8, 20, 17)).astype(np.float32)
     w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((6, 12, 20, 17)).astype(np.float32)
     g = conv_geometry(x.shape, w.shape, padding=1, padding_mode=mode)
     chunk = 2
     stated = (chunk * wg.winograd_sample_bytes(g, tile, 4)
-              + wg.winograd_fixed_bytes(g, tile, 4, chunk))
+              + wg.winograd_fixed_bytes(g, tile, 4))
     ib.release_scratch()
     with scratch_scope():  # the outer scope keeps every buffer until it ends
         wg.winograd_forward(g, x, w, tile=tile, dtype=np.float32, samples_per_chunk=chunk)
