@@ -77,9 +77,11 @@ TILES = (2, 4)
 ERROR_BOUNDS = {(2, 1): 2e-6, (2, 2): 2e-6, (2, 3): 3e-6,
                 (4, 1): 3e-6, (4, 2): 2.5e-5, (4, 3): 6e-5}
 
-#: Bytes of one channel block's source that the transform passes aim at, so
-#: that a block and its transformed copies stay in the L2 cache.
-_BLOCK_BYTES = 2**20
+#: Bytes of source (tile rows of all samples of a chunk) that one block of the
+#: fused transform–GEMM–back-transform aims at: its buffers (ten to twenty
+#: times that) then stay in the outer caches. 512 KiB measured best of
+#: 256 KiB–2 MiB on resnet3x3 (single thread, CPU time).
+_BLOCK_BYTES = 2**19
 
 # (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Lavin & Gray's points
 # 0, ±1 for m = 2 and 0, ±1, ±2 for m = 4, plus the point at infinity).
@@ -226,7 +228,7 @@ def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> i
     """Scratch bytes that grow with the chunk, per sample.
 
     The passes run block by block (tile rows of the first spatial axis, all
-    samples of the chunk, about 1 MiB of source): transform, multiply and
+    samples of the chunk, about 512 KiB of source): transform, multiply and
     transform back, so nothing of the size of the whole chunk is ever held
     except, for a non-zero padding mode, the padded chunk (C_in·∏(I + P)
     per sample). A block holds at least one tile row of every sample,
@@ -252,7 +254,7 @@ def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> in
 
     The transformed weights U and the weight gradient's dU, α^r·C_out·C_in/G
     elements each, plus the buffers of a block of about ``_BLOCK_BYTES`` of
-    source (1 MiB), which hold ten to twenty times that. With
+    source (512 KiB), which hold ten to twenty times that. With
     :func:`winograd_sample_bytes` this bounds every buffer of a call:
     ``samples_per_chunk * sample_bytes + fixed_bytes``.
 
@@ -261,7 +263,7 @@ def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> in
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
     >>> winograd_fixed_bytes(g, 4, 4) // 2**20
-    14
+    7
     """
     _check_tile(tile)
     positions = (tile + 2) ** geometry.rank
@@ -335,18 +337,76 @@ def _spread_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
     stop = step * (count - 1) + 1
     views = [source[_along(source, axis, slice(j, j + stop, step))]
              for j in range(matrix.shape[1])]
-    for xi in range(matrix.shape[0]):
+    outs = [out[_along(out, lead, xi)] for xi in range(matrix.shape[0])]
+    if matrix is _MATRICES[4][0]:
+        _input_transform_4(views, outs, tmp)
+        return
+    for xi, target in enumerate(outs):
         terms = [(float(c), views[j]) for j, c in enumerate(matrix[xi]) if c != 0]
-        _combine(out[_along(out, lead, xi)], terms, tmp)
+        _combine(target, terms, tmp)
+
+
+def _input_transform_4(x: Sequence[np.ndarray], r: Sequence[np.ndarray], tmp: np.ndarray) -> None:
+    """F(4, 3)'s Bᵀ with shared subexpressions: 19 ufunc passes instead of 28.
+
+    r0 = 4(x0 - x2) + (x4 - x2)        r3, r4 = (x4 - x2) ± 2(x3 - x1)
+    r1 = (x3 + x4) - 4(x1 + x2)        r2 = (x4 - x3) + 4(x1 - x2)
+    r5 = 4(x1 - x3) + (x5 - x3)
+    """
+    np.subtract(x[4], x[2], out=r[4])            # b = x4 - x2
+    np.subtract(x[0], x[2], out=r[0])
+    np.multiply(r[0], 4, out=r[0])
+    np.add(r[0], r[4], out=r[0])                 # r0 = 4(x0 - x2) + b
+    np.subtract(x[3], x[1], out=tmp)
+    np.multiply(tmp, 2, out=tmp)                 # t = 2(x3 - x1)
+    np.add(r[4], tmp, out=r[3])                  # r3 = b + t
+    np.subtract(r[4], tmp, out=r[4])             # r4 = b - t
+    np.multiply(tmp, -2, out=r[5])               # 4(x1 - x3)
+    np.add(r[5], x[5], out=r[5])
+    np.subtract(r[5], x[3], out=r[5])            # r5
+    np.add(x[1], x[2], out=tmp)
+    np.multiply(tmp, 4, out=tmp)
+    np.add(x[3], x[4], out=r[1])
+    np.subtract(r[1], tmp, out=r[1])             # r1
+    np.subtract(x[1], x[2], out=tmp)
+    np.multiply(tmp, 4, out=tmp)
+    np.subtract(x[4], x[3], out=r[2])
+    np.add(r[2], tmp, out=r[2])                  # r2
+
+
+def _output_transform_4(m: Sequence[np.ndarray], y: Sequence[np.ndarray],
+                        tmp: np.ndarray) -> None:
+    """F(4, 3)'s Aᵀ with shared subexpressions: 13 ufunc passes instead of 24.
+
+    With s1, d1 = m1 ± m2 and s2, d2 = m3 ± m4:
+    y0 = m0 + s1 + s2,  y1 = d1 + 2 d2,  y2 = s1 + 4 s2,  y3 = d1 + 8 d2 + m5.
+    """
+    np.subtract(m[1], m[2], out=y[1])            # d1
+    np.add(m[1], m[2], out=y[2])                 # s1
+    np.add(m[3], m[4], out=tmp)                  # s2
+    np.add(m[0], y[2], out=y[0])
+    np.add(y[0], tmp, out=y[0])                  # y0
+    np.multiply(tmp, 4, out=tmp)
+    np.add(y[2], tmp, out=y[2])                  # y2
+    np.subtract(m[3], m[4], out=tmp)             # d2
+    np.add(y[1], m[5], out=y[3])
+    np.multiply(tmp, 2, out=tmp)
+    np.add(y[1], tmp, out=y[1])                  # y1
+    np.multiply(tmp, 4, out=tmp)
+    np.add(y[3], tmp, out=y[3])                  # y3
 
 
 def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: int,
                  axis: int, tmp: np.ndarray) -> None:
     """``out[j at axis] = Σ_ξ matrix[j, ξ] · source[ξ at lead]`` (the ξ axis disappears)."""
     views = [source[_along(source, lead, xi)] for xi in range(matrix.shape[1])]
-    for j in range(matrix.shape[0]):
+    outs = [out[_along(out, axis, j)] for j in range(matrix.shape[0])]
+    if matrix is _MATRICES[4][2]:
+        _output_transform_4(views, outs, tmp)
+        return
+    for j, target in enumerate(outs):
         terms = [(float(c), views[xi]) for xi, c in enumerate(matrix[j]) if c != 0]
-        _combine(out[_along(out, axis, j)], terms, tmp)
+        _combine(target, terms, tmp)
 
 
 def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, step: int,
