@@ -1,7 +1,7 @@
 """Float32 error of the Winograd kernels against a float64 reference on the benchmark's 3×3 shapes.
 
-For each configuration (teach, resnet3x3, depthwise: the suite's 3×3 stride-1
-shapes) and each tile (F(2, 3), F(4, 3)), computes forward, input gradient
+For each configuration (teach, resnet3x3, depthwise, conv3d: the suite's 3×3
+(×3) stride-1 shapes) and each tile (F(2, 3), F(4, 3)), computes forward, input gradient
 and weight gradient in float32 from standard-normal data and reports
 ``max |result - exact| / max |exact|`` with ``exact`` the float64 lowering
 (itself checked against :mod:`im2colbp.reference` by the test suite), next to
@@ -26,6 +26,7 @@ CONFIGS = {
     "teach": ((1, 3, 32, 32), (8, 3, 3, 3), 1),
     "resnet3x3": ((8, 64, 56, 56), (64, 64, 3, 3), 1),
     "depthwise": ((8, 128, 28, 28), (128, 1, 3, 3), 128),
+    "conv3d": ((2, 16, 16, 32, 32), (32, 16, 3, 3, 3), 1),
 }
 
 
@@ -49,7 +50,7 @@ def errors(name: str, seed: int) -> dict:
                        "input grad": ib.conv_grad_input(dy32, w32, xs, **kw),
                        "weight grad": ib.conv_grad_weight(dy32, x32, ws, **kw)}}
     bk = backprop_kernel(w32, groups)
-    gi = conv_geometry(dy.shape, bk.shape, padding=2 - 1, groups=groups)
+    gi = conv_geometry(dy.shape, bk.shape, padding=1, groups=groups)  # 2 - P
     f32 = np.float32
     for tile in wg.TILES:
         rows[f"F({tile},3)"] = {

@@ -40,11 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--config", default="resnet3x3",
-                        choices=["resnet3x3", "depthwise", "teach"])
+                        choices=["resnet3x3", "depthwise", "teach", "conv3d"])
     args = parser.parse_args()
     shapes = {"resnet3x3": ((8, 64, 56, 56), (64, 64, 3, 3), 1),
               "depthwise": ((8, 128, 28, 28), (128, 1, 3, 3), 128),
-              "teach": ((1, 3, 32, 32), (8, 3, 3, 3), 1)}
+              "teach": ((1, 3, 32, 32), (8, 3, 3, 3), 1),
+              "conv3d": ((2, 16, 16, 32, 32), (32, 16, 3, 3, 3), 1)}
     xs, ws, groups = shapes[args.config]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -52,8 +53,8 @@ def main() -> None:
     g = conv_geometry(xs, ws, padding=1, groups=groups)
     dy = rng.standard_normal(g.output_shape).astype(np.float32)
     bk = backprop_kernel(w, groups)
-    gi = conv_geometry(dy.shape, bk.shape, padding=2 - 1, groups=groups)
-    cols = ib.im2col(x, (3, 3), padding=1)  # (N, C·9, L)
+    gi = conv_geometry(dy.shape, bk.shape, padding=1, groups=groups)  # 2 - P
+    cols = ib.im2col(x, (3,) * (len(xs) - 2), padding=1)  # (N, C·∏K, L)
     wmat = w.reshape(ws[0], -1)
     f32 = np.float32
     contenders = {
@@ -91,7 +92,7 @@ def main() -> None:
         print(f"{name:52s} {1e3 * float(np.median(times[name])):6.1f} ms "
               f"{1e3 * float(np.median(cpu[name])):12.1f} ms")
     # phase breakdown of the forward, unfused: whole-chunk V and M, one block per chunk
-    for tile in wg.TILES:
+    for tile in wg.TILES if len(xs) == 4 else ():
         ch = _chunk(g, tile, 4)
         tiles = wg._tiles(g, tile)
         u = wg._transform_weight(w, g, tile, np.dtype(f32))

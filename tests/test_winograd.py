@@ -21,6 +21,7 @@ from im2colbp import reference as ref
 from im2colbp import winograd as wg
 from im2colbp.geometry import ConvGeometry, conv_geometry
 from im2colbp.kernels import backprop_kernel
+from im2colbp.lowering import unpad_add
 from im2colbp.workspace import retained_scratch_bytes, scratch_scope
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -137,6 +138,21 @@ def test_input_gradient_is_forward_on_the_transposed_geometry(case):
                              samples_per_chunk=case.chunk)
     expected = ref.conv_grad_input(dy, w, x.shape, **case.kwargs)
     assert dx.shape == x.shape
+    np.testing.assert_allclose(dx, expected, rtol=1e-11, atol=1e-11)
+
+
+@given(cases())
+def test_input_gradient_for_every_padding_mode_folds_the_padded_gradient(case):
+    """Any mode: forward on δ padded by 2 gives the padded input's gradient; fold it back."""
+    x, w, dy = case.arrays()
+    g = case.geometry
+    padded = conv_geometry(g.output_shape, (g.in_channels, g.out_channels // g.groups)
+                           + (3,) * g.rank, padding=2, groups=g.groups)
+    grad_padded = wg.winograd_forward(padded, dy, backprop_kernel(w, g.groups), tile=case.tile,
+                                      dtype=np.float64, samples_per_chunk=case.chunk)
+    assert grad_padded.shape == (g.batch, g.in_channels) + g.window.padded_size
+    dx = unpad_add(grad_padded, g.window)
+    expected = ref.conv_grad_input(dy, w, x.shape, **case.kwargs)
     np.testing.assert_allclose(dx, expected, rtol=1e-11, atol=1e-11)
 
 
