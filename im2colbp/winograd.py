@@ -70,7 +70,8 @@ TILES = (2, 4)
 #: ``docs/winograd.md``), worst of forward, input and weight gradient:
 #: F(2, 3) 4.3e-7 (1-D), 7.5e-7 (2-D: teach, resnet3x3, depthwise), 1.2e-6
 #: (3-D: conv3d's weight gradient); F(4, 3) 1.5e-6 (1-D), 1.05e-5 (2-D,
-#: resnet3x3's input gradient; its forward 9.7e-6), 2.4e-5 (3-D). The float32 lowering is about 6e-7.
+#: resnet3x3's input gradient; its forward 9.7e-6), 2.4e-5 (3-D). The
+#: float32 lowering is about 6e-7.
 #: The bounds leave a factor of about 2; the tests hold the kernels to them
 #: relative to ``max conv(|x|, |w|)``, the scale rounding errors grow with.
 #: Float64: below 1e-13 for both tiles and every rank.
