@@ -7,15 +7,23 @@ correlation from one tile of α = m + 2 inputs with α multiplications::
 
 and the r-d form nests the 1-D one along every axis (the transforms are
 separable). Per transformed position ξ (α^r of them) the channel sum is one
-GEMM over all tiles of a chunk::
+GEMM per group over the tiles of a block::
 
-    M_ξ[g] = U_ξ[g] · V_ξ[g]          (C_out/G × C_in/G) · (C_in/G × n·T)
+    M_ξ[g] = V_ξ[g] · U_ξ[g]          (T·n × C_in/G) · (C_in/G × C_out/G)
 
-with U = G w Gᵀ (weights, once) and V = Bᵀ d B (input tiles). Tiles overlap
-by 2 samples; output tiles do not. Every transform runs as separable 1-D
-passes of small-integer multiply-adds over strided views, in channel blocks
-that stay in cache, laid out ``(ξ_1..ξ_r, C, n, T_1..T_r)`` so that each GEMM
-reads contiguous rows.
+with U = G w Gᵀ (weights, once, in float64) and V = Bᵀ d B (input tiles).
+Tiles overlap by 2 samples; output tiles do not. Layout and engineering:
+
+* channels last: a block is ``(tile rows, *rest, n, C)``, so every 1-D pass
+  (a few small-integer multiply-adds per output, over strided views) runs
+  over long contiguous inner loops, and each GEMM reads contiguous rows;
+  F(4, 3)'s transforms use shared subexpressions (19 and 13 passes instead
+  of 28 and 24);
+* fused and blocked: per block of tile rows of the first spatial axis
+  (about ``_BLOCK_BYTES`` of source, all samples of the chunk) the input is
+  copied in (padding and casting on the way), transformed, multiplied and
+  transformed back into y, so the working set is the block's, not the
+  chunk's (:func:`winograd_sample_bytes`, :func:`winograd_fixed_bytes`).
 
 Gradients in Winograd form (derived in ``docs/winograd.md``):
 
@@ -27,7 +35,7 @@ Gradients in Winograd form (derived in ``docs/winograd.md``):
   tiles), then ``dW = Gᵀ dU G``: the *transposes* of the forward transforms.
 
 Accuracy: see :data:`ERROR_BOUNDS`. In float32, F(2, 3) is as accurate as
-the lowering (below 1e-6 relative on the benchmark's shapes); F(4, 3) is
+the lowering (about 1e-6 relative or better on the benchmark's shapes); F(4, 3) is
 about 15 times worse in 2-D (up to 1.05e-5 on resnet3x3) and worse again in
 3-D: its transforms hold 4, 5, 8 and 1/6, 1/24, and cancellation in Aᵀ
 amplifies the GEMM's rounding. In float64 both are below 1e-13.
