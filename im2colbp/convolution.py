@@ -226,7 +226,7 @@ def conv_forward(
     plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None)
     _refuse_if_too_large(plan, "conv_forward", ("output",), (plan.forward,), context=True)
     keep = bool(plan.keep_columns.choice)
-    y, kept = engine.product(plan.forward.passes[0], plan.dtype, call.x, call.weight, keep=keep)
+    y, kept = engine.forward(plan.forward, plan.dtype, call.x, call.weight, keep=keep)
     _add_bias(y, call.bias)
     saved_x, saved_weight = _snapshot(call, keep_x=kept is None)
     ctx = ConvContext(plan, saved_x, saved_weight, kept)
@@ -270,6 +270,11 @@ def conv(
             repeat the edge sample
         circular
             wrap around periodically (padding may exceed I)
+    method : {'auto', 'im2col', 'winograd'}, optional
+        ``'im2col'``: exactly the taught lowering. ``'winograd'``: Winograd's
+        minimal filtering (3×3 kernels, stride 1, dilation 1). ``'auto'``: any
+        route the library has; :func:`plan_conv` says which and why. A method
+        that cannot serve the geometry raises ValueError naming those that can.
 
     Returns
     -------
@@ -309,7 +314,7 @@ def conv(
     plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None,
                      keep_for_backward=False)
     _refuse_if_too_large(plan, "conv", ("output",), (plan.forward,))
-    y, _ = engine.product(plan.forward.passes[0], plan.dtype, call.x, call.weight)
+    y, _ = engine.forward(plan.forward, plan.dtype, call.x, call.weight)
     return call.result(_add_bias(y, call.bias))
 
 
@@ -352,8 +357,7 @@ def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT) -> ConvGr
                          (plan.input_gradient, plan.weight_gradient))
     dw = dx = None
     if want_weight:
-        dw = engine.weight_gradient(plan.weight_gradient.passes[0], dtype, ctx.x, dyb,
-                                    kept=ctx.columns)
+        dw = engine.weight_gradient(plan.weight_gradient, dtype, ctx.x, dyb, kept=ctx.columns)
     if want_input:
         dx = _unbatched(engine.adjoint(plan.input_gradient, dtype,
                                        ctx.weight.astype(dtype, copy=False), dyb), ctx.geometry)
@@ -383,7 +387,7 @@ def conv_grad_input(
     input_shape : tuple of int
         ``x.shape``; needed because with stride > 1 several input sizes give
         the same output size.
-    stride, padding, dilation, groups, padding_mode
+    stride, padding, dilation, groups, padding_mode, method
         As for :func:`conv`.
 
     Returns
@@ -431,7 +435,7 @@ def conv_grad_weight(
         The forward input.
     weight_shape : tuple of int
         ``weight.shape`` = (C_out, C_in/G, *K).
-    stride, padding, dilation, groups, padding_mode
+    stride, padding, dilation, groups, padding_mode, method
         As for :func:`conv`.
 
     Returns
@@ -449,7 +453,7 @@ def conv_grad_weight(
                             geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     plan = make_plan(call.geometry, call.dtype, method=method, keep_for_backward=False)
     _refuse_if_too_large(plan, "conv_grad_weight", ("weight",), (plan.weight_gradient,))
-    return engine.weight_gradient(plan.weight_gradient.passes[0], plan.dtype, call.x, call.dy)
+    return engine.weight_gradient(plan.weight_gradient, plan.dtype, call.x, call.dy)
 
 
 def conv_grad_bias(dy: ArrayLike) -> np.ndarray:
@@ -561,6 +565,10 @@ def conv_transpose(
         Non-zero modes give the exact adjoint of the convolution with that
         padding: output that lands on the padded border folds back onto the
         samples the border was copied from.
+    method : {'auto', 'im2col', 'winograd'}, optional
+        As for :func:`conv` (the forward of a transposed convolution is the
+        input gradient of a convolution, so ``'auto'`` may take the
+        channel-transposition route).
 
     Returns
     -------
@@ -616,10 +624,12 @@ def conv_transpose_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT)
     # δ_t plays the convolution's input; x plays its output gradient.
     dx = dw = None
     if want_input:
-        dx, _ = engine.product(plan.input_gradient.passes[0], dtype, dyb,
+        dx, _ = engine.forward(plan.input_gradient, dtype, dyb,
                                ctx.weight.astype(dtype, copy=False))
         dx = _unbatched(dx, ctx.geometry)
     if want_weight:
-        dw = engine.weight_gradient(plan.weight_gradient.passes[0], dtype, dyb, ctx.x)
+        if ctx.x is None:
+            raise RuntimeError("a transposed convolution's context holds its input")
+        dw = engine.weight_gradient(plan.weight_gradient, dtype, dyb, ctx.x)
     db = _sum_bias(dyb, dtype) if (want_bias and ctx.has_bias) else None
     return ConvGrads(dx, dw, db)

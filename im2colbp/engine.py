@@ -41,9 +41,10 @@ from .wide_lowering import (
     widen,
     zero_garbage,
 )
+from .winograd import winograd_forward, winograd_weight_gradient
 from .workspace import chunk_slices, scratch, scratch_scope
 
-__all__ = ["KeptColumns", "record_passes", "product", "weight_gradient", "adjoint"]
+__all__ = ["KeptColumns", "record_passes", "forward", "adjoint", "weight_gradient"]
 
 _record: ContextVar[Optional[List[Tuple[str, str, str, int]]]] = ContextVar(
     "im2colbp_recorded_passes", default=None)
@@ -220,7 +221,7 @@ def _grouped_weight(p: PassPlan, weight: np.ndarray) -> np.ndarray:
 # the three passes
 # --------------------------------------------------------------------------
 @_scoped
-def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
+def _product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
             keep: bool = False, route: str = "im2col",
             out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[KeptColumns]]:
     """``y = W · cols(source)`` per chunk: (N, C_in, *I) -> (N, C_out, *O).
@@ -271,7 +272,7 @@ def product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray
 
 
 @_scoped
-def weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
+def _weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
                     delta: np.ndarray, kept: Optional[KeptColumns] = None) -> np.ndarray:
     """``dW = Σ_n δ · cols(source)ᵀ``: (N, C_in, *I), (N, C_out, *O) -> weight shape.
 
@@ -368,17 +369,71 @@ def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) 
     route = step.route.choice
     if route == "col2im":
         return _col2im(step.passes[0], dtype, weight, delta, route)
-    if route != "transposition":
+    if route not in ("transposition", "winograd"):
         raise RuntimeError(f"unknown input-gradient route {route!r}")
     fallback = step.fallback
     if fallback is None:
-        raise RuntimeError("the transposition route needs its col2im fallback")
-    if not _all_finite(weight):  # inf·(padded zero) would be nan; col2im never forms it
+        raise RuntimeError(f"the {route} route needs its col2im fallback")
+    if not _all_finite(weight) or (route == "winograd" and not _all_finite(delta)):
+        # inf·(padded zero) would be nan, and a Winograd tile mixes its inputs;
+        # col2im forms neither
         return _col2im(fallback, dtype, weight, delta, "col2im")
     p = step.passes[0]
     forward = fallback.geometry  # the convolution whose input gradient this is
     kernel = backprop_kernel(weight, forward.groups)  # (C_in, C_out/G, *K), flipped
+    if route == "winograd":
+        return _winograd_forward(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype))
     out = np.empty((forward.batch, forward.in_channels) + forward.window.in_size, dtype)
-    dx, _ = product(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype), out=out,
-                    route=route)
+    dx, _ = _product(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype), out=out,
+                     route=route)
     return dx
+
+
+@_scoped
+def _winograd_forward(p: PassPlan, dtype: np.dtype, source: np.ndarray,
+                      weight: np.ndarray) -> np.ndarray:
+    """Winograd's forward pass, folded back through ``p.fold``'s padding if set."""
+    _note(p, "winograd")
+    y = winograd_forward(p.geometry, source, weight, tile=p.tile, dtype=dtype,
+                         samples_per_chunk=p.samples_per_chunk)
+    if p.fold is None:
+        return y
+    return np.ascontiguousarray(unpad_add(y, p.fold))
+
+
+def forward(step: Step, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
+            keep: bool = False) -> Tuple[np.ndarray, Optional[KeptColumns]]:
+    """``y = conv(source, weight)`` by the step's route (``im2col`` or ``winograd``).
+
+    ``keep``: return the im2col route's columns for backward (the plan's
+    ``keep_columns``). Winograd falls back to im2col for inf/nan operands.
+    """
+    route = step.route.choice
+    if route == "im2col":
+        return _product(step.passes[0], dtype, source, weight, keep=keep)
+    if route != "winograd" or step.fallback is None:
+        raise RuntimeError(f"unknown forward route {route!r}")
+    if not (_all_finite(source) and _all_finite(weight)):
+        return _product(step.fallback, dtype, source, weight, keep=keep)
+    return _winograd_forward(step.passes[0], dtype, source, weight), None
+
+
+def weight_gradient(step: Step, dtype: np.dtype, source: Optional[np.ndarray],
+                    delta: np.ndarray, kept: Optional[KeptColumns] = None) -> np.ndarray:
+    """``dW`` by the step's route; ``kept`` columns (im2col route) replace ``source``."""
+    route = step.route.choice
+    if route == "im2col":
+        return _weight_gradient(step.passes[0], dtype, source, delta, kept)
+    if route != "winograd" or step.fallback is None or source is None:
+        raise RuntimeError(f"unknown weight-gradient route {route!r} or no source")
+    if not (_all_finite(source) and _all_finite(delta)):
+        return _weight_gradient(step.fallback, dtype, source, delta, kept)
+    return _winograd_weight_gradient(step.passes[0], dtype, source, delta)
+
+
+@_scoped
+def _winograd_weight_gradient(p: PassPlan, dtype: np.dtype, source: np.ndarray,
+                              delta: np.ndarray) -> np.ndarray:
+    _note(p, "winograd")
+    return winograd_weight_gradient(p.geometry, source, delta, tile=p.tile, dtype=dtype,
+                                    samples_per_chunk=p.samples_per_chunk)

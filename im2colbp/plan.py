@@ -51,6 +51,7 @@ from .geometry import (
     conv_transpose_geometry,
 )
 from .wide_lowering import MAX_WASTE, WideLayout, wide_layout
+from .winograd import winograd_fixed_bytes, winograd_reason_not, winograd_sample_bytes
 from .workspace import get_workspace_limit, samples_per_chunk
 
 __all__ = [
@@ -65,8 +66,14 @@ __all__ = [
 ]
 
 #: The methods ``method=`` accepts. ``"im2col"`` is exactly the taught
-#: lowering; ``"auto"`` may choose any route the library has.
-METHODS = ("auto", "im2col")
+#: lowering; ``"winograd"`` is Winograd's minimal filtering (3×3 kernels,
+#: stride 1, dilation 1); ``"auto"`` may choose any route the library has.
+METHODS = ("auto", "im2col", "winograd")
+
+#: Winograd's tile per dtype: F(2, 3) keeps float32 as accurate as the lowering
+#: (≤ 2e-6 relative on the benchmark shapes); F(4, 3) reaches 1e-5 there, so it
+#: is used only in float64 (< 1e-13).
+WINOGRAD_TILES = {4: 2, 8: 4}
 
 #: Preferred bytes of one chunk's column buffer (capped by the workspace limit):
 #: small enough that the columns im2col writes are still in the last-level
@@ -139,8 +146,9 @@ class PassPlan:
 
     Attributes
     ----------
-    kind : {'product', 'weight_gradient', 'col2im'}
-        ``W·cols``, ``Σ δ·colsᵀ`` or ``col2im(Wᵀ·δ)``.
+    kind : {'product', 'weight_gradient', 'col2im', 'winograd_forward', 'winograd_weight_gradient'}
+        ``W·cols``, ``Σ δ·colsᵀ``, ``col2im(Wᵀ·δ)``, or Winograd's forward
+        (also the input gradient, on the transposition geometry) and weight gradient.
     geometry : ConvGeometry
         The convolution whose columns the pass builds (for the transposition
         route: the stride-1 convolution of δ, not the forward one).
@@ -162,6 +170,9 @@ class PassPlan:
         added onto the sample it was copied from.
     wide : WideLayout or None
         The wide layout's index arithmetic when ``layout`` is ``'wide'``.
+    tile : int
+        For the ``winograd_forward`` / ``winograd_weight_gradient`` passes, m
+        of F(m, 3) (per axis); 0 for the lowering's passes.
     """
 
     kind: str
@@ -173,6 +184,7 @@ class PassPlan:
     fixed_bytes: int
     fold: Optional[WindowGeometry] = None
     wide: Optional[WideLayout] = None
+    tile: int = 0  # Winograd's m for the winograd passes
 
     @property
     def samples_per_chunk(self) -> int:
@@ -308,6 +320,21 @@ def _check_method(method: Any) -> str:
     return method
 
 
+def _method_blocker(method: str, geometry: ConvGeometry) -> Optional[str]:
+    """Why ``method`` cannot serve ``geometry``, or None."""
+    if method == "winograd":
+        return winograd_reason_not(geometry)
+    return None
+
+
+def _check_serves(method: str, geometry: ConvGeometry) -> None:
+    blocker = _method_blocker(method, geometry)
+    if blocker is not None:
+        serving = [m for m in METHODS if _method_blocker(m, geometry) is None]
+        raise ValueError(f"method={method!r} cannot serve this geometry: {blocker}; the methods "
+                         f"that can: {', '.join(map(repr, serving))}")
+
+
 def _layout(window: WindowGeometry) -> Tuple[Decision, Optional[WideLayout]]:
     forced_layout = dict(_forced.get()).get("layout")
     if forced_layout == "plain":
@@ -379,6 +406,28 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
                     fold, layout)
 
 
+def _winograd_pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
+                   fold: Optional[WindowGeometry] = None) -> PassPlan:
+    tile = WINOGRAD_TILES[itemsize]
+    sample = winograd_sample_bytes(geometry, tile, itemsize)
+    fixed = winograd_fixed_bytes(geometry, tile, itemsize)
+    if fold is not None:
+        sample += geometry.out_channels * geometry.window.out_volume * itemsize
+    batch = geometry.batch
+    count = samples_per_chunk(batch, sample, max(limit - fixed, 1))
+    if sample + fixed > limit:
+        why = (f"one sample's working set ({_bytes(sample + fixed)}) exceeds the workspace "
+               f"limit ({_bytes(limit)}): a chunk of one runs anyway")
+    else:
+        why = f"a working set of {_bytes(sample)} per sample within the workspace limit"
+    precision = "float32: as accurate as the lowering" if tile == 2 else "float64"
+    layout = Decision(f"F({tile}, 3)", (
+        f"tiles of {tile} outputs from {tile + 2} inputs per axis ({precision}); "
+        f"{(tile + 2) ** geometry.rank} GEMMs per group over the transformed tiles"))
+    return PassPlan(kind, geometry, layout, Decision(count, why), sample, 0, fixed, fold,
+                    None, tile)
+
+
 def _transposition_blocker(geometry: ConvGeometry) -> Optional[str]:
     """Why the stride-1 transposition route cannot serve, or None."""
     window = geometry.window
@@ -445,6 +494,51 @@ def _adjoint_step(operation: str, geometry: ConvGeometry, method: str, itemsize:
                 fallback=col2im)
 
 
+def _winograd_adjoint_step(operation: str, geometry: ConvGeometry, itemsize: int,
+                           limit: int) -> Step:
+    """dx as Winograd's forward on the stride-1 convolution of δ: padded by 2 - P
+    (zeros mode, P <= 2), else by 2 with the border folded back through the padding."""
+    window = geometry.window
+    direct = window.padding_mode == "zeros" and _transposition_blocker(geometry) is None
+    pairs = window.transposition_padding(padded_input=not direct)
+    backward = conv_geometry(
+        (geometry.batch, geometry.out_channels) + window.out_size,
+        (geometry.in_channels, geometry.out_channels // geometry.groups) + window.kernel_size,
+        stride=1, padding=pairs, groups=geometry.groups)
+    route = Decision("winograd", (
+        f"Winograd's forward on the stride-1 convolution of δ padded by {pairs} with the "
+        "channel-swapped, flipped kernel" + ("" if direct else ", folded back through the "
+                                             "forward padding")
+        + " (col2im instead when an operand holds inf/nan: a tile mixes its inputs)"))
+    return Step(operation, route,
+                (_winograd_pass("winograd_forward", backward, itemsize, limit,
+                                fold=None if direct else window),),
+                fallback=_pass("col2im", geometry, itemsize, limit))
+
+
+def _winograd_plan(geometry: ConvGeometry, dtype: np.dtype, transposed: bool,
+                   has_bias: bool, limit: int) -> ConvPlan:
+    item = dtype.itemsize
+    forward_pass = _winograd_pass("winograd_forward", geometry, item, limit)
+    nonfinite = " (im2col instead when an operand holds inf/nan: a tile mixes its inputs)"
+    product = Step("forward", Decision("winograd", "method='winograd': y by F(m, 3) tiles"
+                                       + nonfinite), (forward_pass,),
+                   fallback=_pass("product", geometry, item, limit))
+    adjoint = _winograd_adjoint_step("input gradient", geometry, item, limit)
+    weight_gradient = Step("weight gradient", Decision(
+        "winograd", "dW = Gᵀ [Σ_tiles (A δ Aᵀ) ⊙ (Bᵀ d B)] G, the transposed transforms"
+        + nonfinite), (_winograd_pass("winograd_weight_gradient", geometry, item, limit),),
+        fallback=_pass("weight_gradient", geometry, item, limit))
+    keep = Decision(False, "Winograd builds no columns")
+    if transposed:
+        forward = Step("forward", adjoint.route, adjoint.passes, adjoint.fallback)
+        input_gradient = Step("input gradient", product.route, product.passes, product.fallback)
+        return ConvPlan(geometry, dtype, True, has_bias, "winograd", forward, input_gradient,
+                        weight_gradient, keep, limit)
+    return ConvPlan(geometry, dtype, False, has_bias, "winograd", product, adjoint,
+                    weight_gradient, keep, limit)
+
+
 def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
               transposed: bool = False, has_bias: bool = True,
               keep_for_backward: bool = True) -> ConvPlan:
@@ -471,6 +565,9 @@ def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transpose
                  forced_choices: Tuple[Tuple[str, str], ...]) -> ConvPlan:
     """make_plan's work; ``forced_choices`` is read again through the ContextVar."""
     del forced_choices  # part of the cache key only
+    _check_serves(method, geometry)
+    if method == "winograd":
+        return _winograd_plan(geometry, dtype, transposed, has_bias, limit)
     item = dtype.itemsize
     if transposed:
         forward = _adjoint_step("forward", geometry, method, item, limit)
@@ -503,8 +600,11 @@ def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transpose
                 "does not rebuild them"))
         if keep.choice:
             product = _pass("product", geometry, item, limit, whole_batch=True)
-        forward = Step("forward", Decision("im2col", "y = W·X_col, one GEMM per chunk and group"),
-                       (product,))
+        why = "y = W·X_col, one GEMM per chunk and group"
+        if method == "auto" and winograd_reason_not(geometry) is None:
+            why += ("; method='winograd' could serve, but measured slower than the lowering "
+                    "on 2 cores (its transforms run single-threaded in NumPy)")
+        forward = Step("forward", Decision("im2col", why), (product,))
     source = "δ" if transposed else "x"
     weight_gradient = Step("weight gradient", Decision(
         "im2col", f"dW = Σ δ·X_colᵀ over the columns of {source}"
@@ -542,9 +642,12 @@ def plan_conv(
         Whether the call has a bias.
     dtype : dtype, optional
         The compute dtype (float32 or float64; integers compute in float64).
-    method : {'auto', 'im2col'}, optional
+    method : {'auto', 'im2col', 'winograd'}, optional
         ``'im2col'``: exactly the taught lowering (im2col + GEMM forward,
-        ``X_colᵀ·δ``, ``col2im(δ·Wᵀ)``). ``'auto'``: any route the library has.
+        ``X_colᵀ·δ``, ``col2im(δ·Wᵀ)``). ``'winograd'``: Winograd's F(2, 3)
+        (float32) or F(4, 3) (float64) for 3×3 stride-1 kernels, every pass.
+        ``'auto'``: any route the library has. A method that cannot serve the
+        geometry is a ValueError naming the methods that can.
     transposed : bool, optional
         Plan :func:`im2colbp.conv_transpose` instead of :func:`im2colbp.conv`.
     stride, padding, dilation, groups, padding_mode
@@ -574,7 +677,7 @@ def plan_conv(
     (True, 'wide')
     >>> print(plan)                                         # doctest: +ELLIPSIS
     conv plan, method='auto', float32: N=8, C_in=16, C_out=16, ...
-      forward          im2col: y = W·X_col, one GEMM per chunk and group
+      forward          im2col: y = W·X_col, one GEMM per chunk and group; ...
     ...
     """
     dtype = np.dtype(dtype)

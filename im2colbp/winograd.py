@@ -56,7 +56,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from .geometry import ConvGeometry
 from .lowering import pad_into
-from .workspace import chunk_slices, scratch, scratch_scope
+from .workspace import chunk_slices, get_workspace_limit, scratch, scratch_scope
 
 __all__ = [
     "TILES",
@@ -160,7 +160,8 @@ def transform_matrices(tile: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     array([-2., -2.])
     """
     _check_tile(tile)
-    return tuple(matrix.copy() for matrix in _MATRICES[tile])  # type: ignore[return-value]
+    bt, g, at = _MATRICES[tile]
+    return bt.copy(), g.copy(), at.copy()
 
 
 def _check_tile(tile: int) -> None:
@@ -278,8 +279,16 @@ def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> in
     positions = (tile + 2) ** geometry.rank
     weights = 2 * positions * geometry.out_channels * (geometry.in_channels // geometry.groups)
     row, source = _row_elements(geometry, tile)
-    blocks = -(-_BLOCK_BYTES * row // max(source, 1))
+    blocks = -(-_block_bytes(geometry, tile) * row // max(source, 1))
     return weights * itemsize + blocks
+
+
+def _block_bytes(geometry: ConvGeometry, tile: int) -> int:
+    """Source bytes of one block: about ``_BLOCK_BYTES`` (cache-sized), and less under a
+    small workspace limit, so that a block's buffers (ten to twenty times its source)
+    stay within the limit."""
+    row, source = _row_elements(geometry, tile)
+    return max(1, min(_BLOCK_BYTES, get_workspace_limit() * source // max(row, 1)))
 
 
 # --------------------------------------------------------------------------
@@ -520,13 +529,13 @@ def _check_arrays(geometry: ConvGeometry, x: np.ndarray, name: str, shape: Tuple
         raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
-def _blocks(tiles: Tuple[int, ...], row_bytes: int) -> Iterator[slice]:
+def _blocks(tiles: Tuple[int, ...], row_bytes: int, block_bytes: int) -> Iterator[slice]:
     """Cache-sized blocks of tile rows along the first spatial axis.
 
     ``row_bytes`` is the source of one tile row (all samples of the chunk,
-    all channels); a block holds about ``_BLOCK_BYTES`` of it, at least a row.
+    all channels); a block holds about ``block_bytes`` of it, at least a row.
     """
-    rows = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    rows = max(1, block_bytes // max(row_bytes, 1))
     for start in range(0, tiles[0], rows):
         yield slice(start, min(tiles[0], start + rows))
 
@@ -580,7 +589,8 @@ def _row_blocks(geometry: ConvGeometry, tile: int, n: int, itemsize: int) -> Ite
     tiles = _tiles(geometry, tile)
     aligned = tuple(t * tile + 2 for t in tiles)
     channels = max(geometry.in_channels, geometry.out_channels)
-    return _blocks(tiles, tile * math.prod(aligned[1:]) * n * channels * itemsize)
+    return _blocks(tiles, tile * math.prod(aligned[1:]) * n * channels * itemsize,
+                   _block_bytes(geometry, tile))
 
 
 def _transform_input(source: np.ndarray, offset: Tuple[int, ...], geometry: ConvGeometry,
@@ -608,18 +618,6 @@ def _multiply(u: np.ndarray, v: np.ndarray, m: np.ndarray, groups: int) -> None:
         np.multiply(v3, u.reshape(positions, 1, groups, co), out=m3)
     else:
         m3[...] = np.matmul(v3.transpose(0, 2, 1, 3), u).transpose(0, 2, 1, 3)
-
-
-def _check_arrays(geometry: ConvGeometry, array: np.ndarray, name: str,
-                  shape: Tuple[int, ...], tile: int, samples_per_chunk: int) -> None:
-    reason = winograd_reason_not(geometry)
-    if reason is not None:
-        raise ValueError(reason)
-    _check_tile(tile)
-    if tuple(array.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape} (batched), got {tuple(array.shape)}")
-    if samples_per_chunk < 1:
-        raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
 def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
@@ -654,7 +652,7 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     fewer) for F(4×4, 3×3). The transforms cost O(α^r) adds per tile and
     channel and are memory-bound.
 
-    Error bound (float32, max |error| / max |exact| against float64, standard
+    Error bound (float32, ``max|error| / max|exact|`` against float64, standard
     normal data): :data:`ERROR_BOUNDS` — F(2, 3) 2e-6 (3e-6 in 3-D); F(4, 3)
     3e-6 in 1-D, 2.5e-5 in 2-D, 6e-5 in 3-D. Float64: 1e-13.
 
@@ -770,7 +768,7 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
 
     Notes
     -----
-    Error bound (float32, relative to max |dW|): :data:`ERROR_BOUNDS`, as for
+    Error bound (float32, relative to ``max|dW|``): :data:`ERROR_BOUNDS`, as for
     :func:`winograd_forward` (resnet3x3 measured 7.5e-7 for F(2, 3), 5.0e-6
     for F(4, 3)). The sum over n·T tiles runs in the GEMM's precision like
     im2col's ``δ · colsᵀ``.

@@ -19,7 +19,8 @@ from strategies import PADDING_MODES, assert_close, conv_cases, conv_transpose_c
 import im2colbp as ib
 from im2colbp import reference
 from im2colbp.engine import record_passes
-from im2colbp.plan import KEEP_COLUMNS_BYTES, METHODS, forced
+from im2colbp.geometry import conv_geometry, conv_transpose_geometry
+from im2colbp.plan import KEEP_COLUMNS_BYTES, METHODS, _method_blocker, forced
 
 MiB = 2**20
 
@@ -36,6 +37,11 @@ def _scale(*arrays):
 def test_every_method_matches_reference(case, seed, method):
     x, w, b = case.arrays(seed)
     kw = case.call_kwargs
+    blocker = _method_blocker(method, conv_geometry(x.shape, w.shape, **kw))
+    if blocker is not None:  # e.g. winograd on a stride-2 or 5×5 geometry
+        with pytest.raises(ValueError, match=f"method={method!r} cannot serve.*'im2col'"):
+            ib.conv_forward(x, w, b, method=method, **kw)
+        return
     with record_passes() as passes:
         y, ctx = ib.conv_forward(x, w, b, method=method, **kw)
         dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
@@ -44,7 +50,8 @@ def test_every_method_matches_reference(case, seed, method):
     assert plan.method == method
     ran = [route for _, route, _, _ in passes]
     # forward, then backward's weight gradient and input gradient, by the plan's routes
-    assert ran[0] == "im2col" and ran[1] == "im2col"
+    expected_first = "winograd" if method == "winograd" else "im2col"
+    assert ran[0] == expected_first and ran[1] == expected_first
     assert ran[2] in (plan.input_gradient.route.choice, "col2im")  # col2im: inf/nan fallback
     if method == "im2col":
         assert set(ran) == {"im2col", "col2im"} and plan.input_gradient.route.choice == "col2im"
@@ -71,6 +78,10 @@ def test_every_method_matches_reference_transposed(case, seed, method):
         expected = reference.conv_transpose(x, w, b, **kw)
     except ValueError:
         assume(False)  # e.g. reflect padding larger than the output it reflects
+    if _method_blocker(method, conv_transpose_geometry(x.shape, w.shape, **kw)) is not None:
+        with pytest.raises(ValueError, match=f"method={method!r} cannot serve"):
+            ib.conv_transpose_forward(x, w, b, method=method, **kw)
+        return
     y, ctx = ib.conv_transpose_forward(x, w, b, method=method, **kw)
     assert_close(y, expected, scale=_scale(expected) * w[0].size)
     rng = np.random.default_rng(seed + 1)
@@ -84,6 +95,79 @@ def test_every_method_matches_reference_transposed(case, seed, method):
     tol = 1e-9 * (1 + np.abs(dy).sum() * (1 + np.abs(w).max() + np.abs(x).max(initial=0)) * 10)
     assert abs(float(np.vdot(grads.input, v)) - along_x) <= tol
     assert abs(float(np.vdot(grads.weight, u)) - along_w) <= tol
+
+
+@st.composite
+def winograd_cases(draw):
+    """Geometries Winograd serves: 3-tap kernels, stride 1, dilation 1; the rest drawn."""
+    rank = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 2))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    batch = draw(st.integers(0, 3))
+    sizes = tuple(draw(st.integers(1, (12, 9, 6)[rank - 1])) for _ in range(rank))
+    padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank))
+    mode = draw(st.sampled_from(PADDING_MODES))
+    kw = dict(padding=padding, groups=groups, padding_mode=mode)
+    try:
+        conv_geometry((batch, c_in) + sizes, (c_out, c_in // groups) + (3,) * rank, **kw)
+    except ValueError:
+        assume(False)  # kernel larger than the padded input, reflect padding too large
+    return (batch, c_in) + sizes, (c_out, c_in // groups) + (3,) * rank, kw, \
+        draw(st.sampled_from([np.float32, np.float64])), draw(st.booleans())
+
+
+@given(winograd_cases(), st.integers(0, 2**32 - 1), st.integers(1, 10**5))
+def test_winograd_method_matches_reference(case, seed, limit):
+    """method='winograd' end to end: forward, both gradients and the transposed
+    convolution, every pass a Winograd pass, under any workspace limit."""
+    input_shape, weight_shape, kw, dtype, with_bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(input_shape).astype(dtype)
+    w = rng.standard_normal(weight_shape).astype(dtype)
+    b = rng.standard_normal(weight_shape[0]).astype(dtype) if with_bias else None
+    with ib.workspace_limit(limit), record_passes() as passes:
+        y, ctx = ib.conv_forward(x, w, b, method="winograd", **kw)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        grads = ib.conv_backward(dy, ctx)
+        y_t = ib.conv_transpose(dy, w, method="winograd", **kw) if kw["padding_mode"] == \
+            "zeros" and ctx.geometry.window.out_size == ctx.geometry.window.in_size else None
+    assert {route for _, route, _, _ in passes} == {"winograd"}
+    assert y.dtype == dtype
+    tolerance = 1e-11 if dtype == np.float64 else 2e-6 * 3**len(input_shape)  # ERROR_BOUNDS
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for got, want, magnitude in [
+        (y, reference.conv(x64, w64, b, **kw), reference.conv(abs(x64), abs(w64), **kw)),
+        (grads.input, reference.conv_grad_input(dy, w64, x.shape, **kw),
+         reference.conv_grad_input(abs(dy), abs(w64), x.shape, **kw)),
+        (grads.weight, reference.conv_grad_weight(dy, x64, w.shape, **kw),
+         reference.conv_grad_weight(abs(dy), abs(x64), w.shape, **kw)),
+    ]:
+        scale = float(magnitude.max(initial=0.0)) + 1.0
+        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * scale)
+    if y_t is not None:
+        np.testing.assert_allclose(y_t, reference.conv_transpose(dy, w64, **kw), rtol=0,
+                                   atol=tolerance * (float(np.abs(y_t).max(initial=0)) + 1) * 9)
+
+
+def test_winograd_falls_back_for_non_finite_operands():
+    """A Winograd tile mixes its inputs: an inf would spread nan over the tile. The
+    plan's im2col fallback keeps IEEE semantics (inf only where a window reads it)."""
+    x = np.ones((1, 1, 8, 8))
+    x[0, 0, 0, 0] = np.inf
+    w = np.ones((1, 1, 3, 3))
+    with record_passes() as passes, np.errstate(invalid="ignore"):
+        y = ib.conv(x, w, padding=1, method="winograd")
+    assert passes[0][:2] == ("product", "im2col")
+    np.testing.assert_array_equal(y, reference.conv(x, w, padding=1))
+
+
+def test_winograd_is_named_where_it_cannot_serve():
+    with pytest.raises(ValueError, match=r"method='winograd' cannot serve this geometry: "
+                                         r"winograd needs stride 1.*'auto', 'im2col'$"):
+        ib.plan_conv((1, 1, 8, 8), (1, 1, 3, 3), stride=2, method="winograd")
+    with pytest.raises(ValueError, match="kernel"):
+        ib.conv_grad_weight(np.ones((1, 1, 4, 4)), np.ones((1, 1, 8, 8)), (1, 1, 5, 5),
+                            method="winograd")
 
 
 def test_methods_reach_both_input_gradient_routes():
@@ -230,14 +314,20 @@ def _nbytes(result) -> int:
 
 def _one_sample_bound(plan) -> int:
     """One sample's working set of the largest pass, independently bounded too."""
-    per_sample = max(p.sample_bytes + p.fixed_bytes for s in plan.steps for p in s.passes)
+    passes = [p for s in plan.steps for p in s.passes]
     g = plan.geometry
     item = plan.dtype.itemsize
     columns = g.in_channels * g.window.kernel_volume * g.window.out_volume * item
     sizes = (g.in_channels * np.prod(g.window.padded_size) + g.out_channels
              * g.window.out_volume) * item
-    assert per_sample <= 2 * columns + 4 * sizes + 4 * np.prod(g.weight_shape) * item
-    return per_sample
+    weights = np.prod(g.weight_shape) * item
+    for p in passes:
+        assert p.sample_bytes <= 2 * columns + 4 * sizes
+        # Winograd's transformed weights (α^r of them, U and dU) and its block buffers,
+        # which it sizes to the workspace limit
+        assert p.fixed_bytes <= 4 * weights + (2 * 6**g.rank * weights + plan.workspace_limit
+                                               if p.tile else 0)
+    return max(p.sample_bytes + p.fixed_bytes for p in passes)
 
 
 CONTRACT_CASES = {
@@ -255,8 +345,14 @@ CONTRACT_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONTRACT_CASES))
-@pytest.mark.parametrize("method", METHODS)
+def _serving(name):
+    input_shape, weight_shape, kw = CONTRACT_CASES[name]
+    geometry = conv_geometry(input_shape, weight_shape, **kw)
+    return [m for m in METHODS if _method_blocker(m, geometry) is None]
+
+
+@pytest.mark.parametrize("name, method", [(name, method) for name in CONTRACT_CASES
+                                          for method in _serving(name)])
 @pytest.mark.parametrize("limit", [MiB, 4 * MiB])
 def test_extra_memory_within_the_limit_or_one_sample(name, method, limit):
     input_shape, weight_shape, kw = CONTRACT_CASES[name]
@@ -284,11 +380,12 @@ def test_extra_memory_within_the_limit_or_one_sample(name, method, limit):
             assert extra <= bound, (label, extra, bound)
     # an unbounded lowering would hold the whole batch's columns: the bound must be below that
     if limit == MiB and name in ("strided", "reflect", "1-D"):
-        whole = plan.geometry.batch * plan.forward.passes[0].column_bytes
+        g = plan.geometry  # the whole batch's im2col columns
+        whole = g.batch * g.column_rows * g.window.out_volume * 4
         assert bound < whole
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ["auto", "im2col"])  # stride 2: winograd cannot serve
 def test_extra_memory_transposed(method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 16, 15, 15)).astype(np.float32)
