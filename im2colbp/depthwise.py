@@ -1,0 +1,543 @@
+"""A direct path for depthwise convolution: banded GEMMs, no columns.
+
+Depthwise means one input channel per group (``C_in/G = 1``); every group's
+``M = C_out/G >= 1`` filters (the *channel multiplier*) read that one channel.
+im2col turns each group into a matrix-*vector* product over ``∏K`` times the
+input, which runs at memory speed at best. This module makes it a GEMM again
+by moving the kernel into the matrix instead of copying the input.
+
+The banded (Toeplitz) lowering
+------------------------------
+Flatten one channel of one padded sample. An output *row* (the positions
+``o_1..o_{r-1}`` fixed, ``T`` positions ``t`` along the last axis) reads one
+contiguous *run* of the flat input that starts at ``j·step`` (``j`` the row,
+``step = S_{r-1}·P_r`` in 2-D) and is ``R`` samples long. Tap ``k`` of
+output ``t`` reads the run's sample ``offset_k + t·S_r``. So the row is
+``run · B`` with the banded matrix::
+
+    B[offset_k + t·S_r, m·T + t] = w[g·M + m, 0, k]        (R, M·T), zero elsewhere
+
+one per channel (its ``M`` filters side by side). Runs of neighbouring rows
+overlap; but the runs of every ``Q``-th row (``Q = ceil(R/step)``) do not, and
+laid end to end they are just the flat buffer read ``Q·step`` at a time —
+a *reshape*, no copy. So each of the ``Q`` phases ``p`` is one batched GEMM
+over the channels, straight on the padded input::
+
+    A_p = flat[p·step : ...].reshape(rows, Q·step)[:, :R]       (rows, R) per channel
+    Y_p = A_p · B                                                rows j = slot·Q + p
+
+The weight gradient is the same product transposed, summed along the bands
+(``dw[.., k] = Σ_t (Σ_p A_pᵀ·δ_p)[offset_k + t·S_r, m·T + t]``), and the input
+gradient is its adjoint, ``dA_p = δ_p · Bᵀ``, added back onto the runs it came
+from (then folded through the padding with :func:`~im2colbp.lowering.unpad_add`).
+
+In 2-D a row is a whole output row (``T = O_r``); in 1-D the signal is cut into
+rows of ``T`` outputs (``step = T·S``). The cost is ``R`` multiply-adds per
+output instead of ``∏K`` (``R ≈ K_1·P_2`` in 2-D): more arithmetic, but in
+a GEMM on both cores instead of ``∏K`` single-threaded passes over memory.
+
+Ranks ≥ 3 (and any chunk whose data hold inf/nan, where ``inf·0`` of a band's
+zero would spread NaN along a row) take the *tap loop*: one strided
+multiply-accumulate per kernel offset, exact for every geometry.
+
+Symbols: N batch, C_in / C_out channels, G groups, M = C_out/G, r rank,
+I input, K kernel, O output, S stride, P padding, D dilation, δ = dL/dy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from .geometry import ConvGeometry, WindowGeometry
+from .lowering import pad_into, unpad_add
+from .workspace import chunk_slices, scratch, scratch_scope
+
+__all__ = [
+    "MAX_TAPS",
+    "depthwise_reason_not",
+    "depthwise_sample_bytes",
+    "depthwise_forward",
+    "depthwise_input_gradient",
+    "depthwise_weight_gradient",
+]
+
+#: Kernels with more taps than this are declined (the tap loop's Python loop and
+#: the bands' length both grow with the kernel): im2col serves them.
+MAX_TAPS = 64
+
+#: Outputs per row of the 1-D banded lowering (the GEMM's inner width).
+ROW_OUTPUTS_1D = 16
+
+
+# --------------------------------------------------------------------------
+# applicability and the banded layout
+# --------------------------------------------------------------------------
+def depthwise_reason_not(geometry: ConvGeometry) -> Optional[str]:
+    """Why the direct depthwise path cannot serve ``geometry``, or None if it can.
+
+    Examples
+    --------
+    >>> from im2colbp.geometry import conv_geometry
+    >>> print(depthwise_reason_not(conv_geometry((2, 4, 9, 9), (8, 1, 3, 3), groups=4)))
+    None
+    >>> depthwise_reason_not(conv_geometry((2, 4, 9, 9), (4, 2, 3, 3), groups=2))
+    'not depthwise: 2 input channels per group (C_in/G must be 1)'
+    """
+    per_group = geometry.in_channels // geometry.groups if geometry.groups else 0
+    if geometry.in_channels and per_group != 1:
+        return f"not depthwise: {per_group} input channels per group (C_in/G must be 1)"
+    taps = geometry.window.kernel_volume
+    if taps > MAX_TAPS:
+        return f"kernel of {taps} taps (more than {MAX_TAPS}): im2col serves large kernels"
+    return None
+
+
+@dataclass(frozen=True)
+class _Bands:
+    """Index arithmetic of the banded lowering of one window (rank 1 or 2).
+
+    Per sample and channel the padded input sits at the start of a flat region
+    of ``region`` samples (zeros after it); rows ``j < rows`` start at
+    ``j·step``; phase ``p`` reads slots ``s`` as rows ``s·Q + p``.
+    """
+
+    step: int          # flat distance between consecutive rows' runs
+    run: int           # R, the samples one row reads
+    phases: int        # Q = ceil(R / step)
+    outputs: int       # T, outputs per row
+    rows: int          # J, rows per sample that hold real outputs
+    slots: int         # runs per sample and phase (slots·Q ≥ J)
+    offsets: Tuple[int, ...]   # offset_k in the run, kernel offsets in C order
+    inner_stride: int  # S_r
+
+    @property
+    def region(self) -> int:
+        return self.slots * self.phases * self.step
+
+    def slack(self) -> int:
+        """Samples past the last region that the last slot's runs may read."""
+        return self.phases * self.step
+
+
+def _bands(window: WindowGeometry) -> Optional[_Bands]:
+    """The banded layout of a rank-1 or rank-2 window (None for other ranks)."""
+    if window.rank == 2:
+        (s_h, s_w), (d_h, d_w) = window.stride, window.dilation
+        (k_h, k_w), (o_h, o_w) = window.kernel_size, window.out_size
+        p_h, p_w = window.padded_size
+        step = s_h * p_w
+        offsets = tuple(kh * d_h * p_w + kw * d_w for kh in range(k_h) for kw in range(k_w))
+        run = d_h * (k_h - 1) * p_w + (o_w - 1) * s_w + d_w * (k_w - 1) + 1
+        rows, outputs, data = o_h, o_w, p_h * p_w
+    elif window.rank == 1:
+        (s,), (d,), (k,), (o,) = (window.stride, window.dilation, window.kernel_size,
+                                  window.out_size)
+        outputs = min(ROW_OUTPUTS_1D, o)
+        step = outputs * s
+        offsets = tuple(kk * d for kk in range(k))
+        run = (outputs - 1) * s + d * (k - 1) + 1
+        rows, data = -(-o // outputs), window.padded_size[0]
+    else:
+        return None
+    phases = -(-run // step)
+    slots = max(-(-rows // phases), -(-data // (phases * step)))
+    return _Bands(step, run, phases, outputs, rows, slots, offsets, window.stride[-1])
+
+
+def depthwise_sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
+    """Scratch one sample of a chunk needs on the direct path (any of the three passes).
+
+    Examples
+    --------
+    >>> from im2colbp.geometry import conv_geometry
+    >>> depthwise_sample_bytes(conv_geometry((8, 128, 28, 28), (128, 1, 3, 3), padding=1,
+    ...                                      groups=128), 4) > 0
+    True
+    """
+    window = geometry.window
+    c, c_out = geometry.in_channels, geometry.out_channels
+    bands = _bands(window)
+    if bands is None:  # the tap loop: padded input (or its gradient) and one product
+        return (c * math.prod(window.padded_size) + 2 * c_out * window.out_volume) * itemsize
+    multiplier = c_out // max(c, 1)
+    per_phase = bands.slots * multiplier * bands.outputs
+    flat = bands.region + bands.slack()
+    # input region, the phases' δ/y, one dA_p (input gradient) or the kept-y copy
+    return c * (flat + bands.phases * per_phase + bands.slots * bands.run) * itemsize
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+def _finite(array: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.sum(array)))
+
+
+def _multiplier(geometry: ConvGeometry) -> int:
+    return geometry.out_channels // geometry.in_channels
+
+
+def _empty(geometry: ConvGeometry) -> bool:
+    return geometry.batch == 0 or geometry.in_channels == 0 or geometry.out_channels == 0
+
+
+def _band_matrix(bands: _Bands, weight: np.ndarray, channels: int, multiplier: int,
+                 dtype: np.dtype) -> np.ndarray:
+    """B (C, R, M·T): ``B[c, offset_k + t·S_r, m·T + t] = w[c·M + m, 0, k]``."""
+    taps = len(bands.offsets)
+    t = np.arange(bands.outputs)
+    rows = np.asarray(bands.offsets)[:, None] + t[None, :] * bands.inner_stride  # (∏K, T)
+    band = scratch("depthwise_band", (channels, bands.run, multiplier, bands.outputs), dtype)
+    band[...] = 0
+    w = weight.reshape(channels, multiplier, taps)  # (C, M, ∏K)
+    # advanced indices (∏K, T) on axes 1 and 3 come first: target (∏K, T, C, M)
+    band[:, rows, :, t[None, :]] = w.transpose(2, 0, 1)[:, None]
+    return band.reshape(channels, bands.run, multiplier * bands.outputs)
+
+
+def _runs(flat: np.ndarray, bands: _Bands, phase: int, n: int) -> np.ndarray:
+    """A_p (C, n·slots, R): phase p's runs, a view of ``flat`` (C, n·region + slack)."""
+    start = phase * bands.step
+    stop = start + n * bands.region
+    return flat[:, start:stop].reshape(flat.shape[0], n * bands.slots,
+                                       bands.phases * bands.step)[:, :, :bands.run]
+
+
+def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int) -> np.ndarray:
+    """(C, n, *padded) view of the samples' padded inputs in ``flat``."""
+    regions = flat[:, :n * bands.region].reshape(flat.shape[0], n, bands.region)
+    return regions[:, :, :math.prod(window.padded_size)].reshape(
+        (flat.shape[0], n) + window.padded_size)
+
+
+def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
+          name: str) -> np.ndarray:
+    """Padded ``source`` (n, C, *I) into a scratch ``flat`` (C, n·region + slack)."""
+    n, channels = source.shape[:2]
+    flat = scratch(name, (channels, n * bands.region + bands.slack()), dtype)
+    data = math.prod(window.padded_size)
+    regions = flat[:, :n * bands.region].reshape(channels, n, bands.region)
+    regions[:, :, data:] = 0
+    flat[:, n * bands.region:] = 0
+    pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
+    return flat
+
+
+def _rows(array: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
+          multiplier: int, dtype: np.dtype, name: str) -> Tuple[np.ndarray, bool]:
+    """(n, C, M, J, T) view of ``array`` (n, C·M, *O), or a scratch of that shape when the
+    rows do not tile the output (1-D with ``O`` not a multiple of T); and whether a scratch."""
+    n = array.shape[0]
+    shape = (n, channels, multiplier, bands.rows, bands.outputs)
+    if window.rank == 2 or bands.rows * bands.outputs == window.out_size[0]:
+        return array.reshape(shape), False
+    return scratch(name, shape, dtype), True
+
+
+def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
+    """The phases' ``gemm`` (Q, C, n·slots, M·T) into ``target`` (n, C, M, J, T)."""
+    n, channels, multiplier = target.shape[:3]
+    for phase in range(bands.phases):
+        count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
+        source = gemm[phase].reshape(channels, n, bands.slots, multiplier, bands.outputs)
+        target[:, :, :, phase::bands.phases] = source[:, :, :count].transpose(1, 0, 3, 2, 4)
+
+
+def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
+            multiplier: int, dtype: np.dtype, out: np.ndarray) -> None:
+    """The phases' ``gemm`` into ``out`` (n, C·M, *O)."""
+    rows, staged = _rows(out, window, bands, channels, multiplier, dtype, "depthwise_rows")
+    _gather(gemm, bands, rows)
+    if staged:
+        n = out.shape[0]
+        out[...] = rows.reshape(n, channels * multiplier, -1)[:, :, :window.out_size[0]]
+
+
+def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
+                  channels: int, multiplier: int, dtype: np.dtype) -> np.ndarray:
+    """δ (n, C·M, *O) into scratch (Q, C, n·slots, M·T), zero at rows beyond the output."""
+    n = delta.shape[0]
+    gemm = scratch("depthwise_delta",
+                   (bands.phases, channels, n * bands.slots, multiplier * bands.outputs), dtype)
+    rows, staged = _rows(delta, window, bands, channels, multiplier, dtype, "depthwise_rows")
+    if staged:
+        flat = rows.reshape(n, channels * multiplier, -1)
+        flat[:, :, :window.out_size[0]] = delta
+        flat[:, :, window.out_size[0]:] = 0
+    for phase in range(bands.phases):
+        count = len(range(phase, bands.rows, bands.phases))
+        target = gemm[phase].reshape(channels, n, bands.slots, multiplier, bands.outputs)
+        target[:, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 3, 2, 4)
+        target[:, :, count:] = 0
+    return gemm
+
+
+# --------------------------------------------------------------------------
+# the tap loop: one strided multiply-accumulate per kernel offset (any rank)
+# --------------------------------------------------------------------------
+def _tap_slices(window: WindowGeometry):
+    for offset in np.ndindex(*window.kernel_size):
+        yield offset, tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, d, s, o in zip(offset, window.dilation, window.stride, window.out_size))
+
+
+def _padded_chunk(source: np.ndarray, window: WindowGeometry, dtype: np.dtype) -> np.ndarray:
+    padded = scratch("depthwise_padded", source.shape[:2] + window.padded_size, dtype)
+    pad_into(source, window, padded)
+    return padded
+
+
+def _taps_forward(x: np.ndarray, weight: np.ndarray, window: WindowGeometry,
+                  multiplier: int, dtype: np.dtype, out: np.ndarray) -> None:
+    """y (n, C·M, *O) = Σ_k w[.., k] · x_pad[.., o·S + k·D], into ``out``."""
+    n, channels = x.shape[:2]
+    padded = _padded_chunk(x, window, dtype)  # (n, C, *padded)
+    y = out.reshape((n, channels, multiplier) + window.out_size)
+    w = weight.reshape((channels, multiplier) + window.kernel_size)
+    spread = (None,) * window.rank
+    y[...] = 0
+    term = scratch("depthwise_term", y.shape, dtype)
+    for offset, spatial in _tap_slices(window):
+        # (n, C, 1, *O) · (C, M, 1..1) -> (n, C, M, *O)
+        np.multiply(padded[(slice(None), slice(None), None) + spatial],
+                    w[(slice(None), slice(None)) + offset + spread], out=term)
+        y += term
+
+
+def _taps_input_gradient(delta: np.ndarray, weight: np.ndarray, window: WindowGeometry,
+                         multiplier: int, dtype: np.dtype, out: np.ndarray) -> None:
+    """dx_pad[.., o·S + k·D] += Σ_m δ[.., m, o] · w[.., m, k], folded into ``out``."""
+    n = delta.shape[0]
+    channels = out.shape[1]
+    d = delta.reshape((n, channels, multiplier) + window.out_size)
+    w = weight.reshape((channels, multiplier) + window.kernel_size)
+    grad = scratch("depthwise_padded", (n, channels) + window.padded_size, dtype)
+    grad[...] = 0
+    for offset, spatial in _tap_slices(window):
+        grad[(slice(None), slice(None)) + spatial] += np.einsum(
+            "ncm...,cm->nc...", d, w[(slice(None), slice(None)) + offset], dtype=dtype)
+    out[...] = unpad_add(grad, window)
+
+
+def _taps_weight_gradient(x: np.ndarray, delta: np.ndarray, window: WindowGeometry,
+                          multiplier: int, dtype: np.dtype) -> np.ndarray:
+    """dw (C, M, *K): ``Σ_{n,o} δ[n, c·M + m, o] · x_pad[n, c, o·S + k·D]``."""
+    n, channels = x.shape[:2]
+    padded = _padded_chunk(x, window, dtype)
+    d = delta.reshape((n, channels, multiplier) + window.out_size)
+    dw = np.empty((channels, multiplier) + window.kernel_size, dtype)
+    axes = "opqrstuvwxyz"[:window.rank]  # the spatial axes o_1..o_r, summed
+    for offset, spatial in _tap_slices(window):
+        dw[(slice(None), slice(None)) + offset] = np.einsum(
+            f"ncm{axes},nc{axes}->cm", d, padded[(slice(None), slice(None)) + spatial], dtype=dtype)
+    return dw
+
+
+# --------------------------------------------------------------------------
+# the three passes
+# --------------------------------------------------------------------------
+def _check(geometry: ConvGeometry) -> None:
+    why = depthwise_reason_not(geometry)
+    if why is not None:
+        raise ValueError(f"the direct depthwise path cannot serve this geometry: {why}")
+
+
+def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
+                      dtype: DTypeLike, samples_per_chunk: int) -> np.ndarray:
+    """The depthwise convolution ``y = conv(x, w, groups=C_in)``, without columns.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+        A depthwise geometry (``C_in/G = 1``; see :func:`depthwise_reason_not`).
+    x : ndarray, shape (N, C_in, *I)
+        Any floating dtype (cast chunk by chunk); not modified.
+    weight : ndarray, shape (C_out, 1, *K)
+        Contiguous, of ``dtype``.
+    dtype : dtype
+        The compute and result dtype.
+    samples_per_chunk : int
+        Samples per chunk (the scratch is about that many times
+        :func:`depthwise_sample_bytes`).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, *O)
+        A new array of ``dtype``. No bias.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.geometry import conv_geometry
+    >>> g = conv_geometry((1, 2, 5), (2, 1, 3), padding=1, groups=2)
+    >>> x = np.arange(10.0).reshape(1, 2, 5); w = np.ones((2, 1, 3))
+    >>> depthwise_forward(g, x, w, dtype=np.float64, samples_per_chunk=1)
+    array([[[ 1.,  3.,  6.,  9.,  7.],
+            [11., 18., 21., 24., 17.]]])
+    """
+    _check(geometry)
+    dtype = np.dtype(dtype)
+    window = geometry.window
+    y = np.empty((geometry.batch, geometry.out_channels) + window.out_size, dtype)
+    if _empty(geometry):
+        y[...] = 0
+        return y
+    channels, multiplier = geometry.in_channels, _multiplier(geometry)
+    bands = _bands(window)
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+        band = None if bands is None else _band_matrix(bands, weight, channels, multiplier,
+                                                       dtype)
+        for part in chunk_slices(geometry.batch, samples_per_chunk):
+            n = part.stop - part.start
+            if bands is not None:
+                flat = _load(x[part], window, bands, dtype, "depthwise_input")
+                gemm = scratch("depthwise_delta", (bands.phases, channels, n * bands.slots,
+                                                   multiplier * bands.outputs), dtype)
+                for phase in range(bands.phases):
+                    np.matmul(_runs(flat, bands, phase, n), band, out=gemm[phase])
+                _output(gemm, window, bands, channels, multiplier, dtype, y[part])
+                if _finite(y[part]):
+                    continue
+                # inf/nan (or overflow): a band's zero times inf spreads NaN along a row
+            _taps_forward(x[part], weight, window, multiplier, dtype, y[part])
+    return y
+
+
+def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.ndarray, *,
+                             dtype: DTypeLike, samples_per_chunk: int) -> np.ndarray:
+    """The input gradient ``dx`` of the depthwise convolution, without columns.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+        A depthwise geometry.
+    weight : ndarray, shape (C_out, 1, *K)
+        Contiguous, of ``dtype``.
+    dy : ndarray, shape (N, C_out, *O)
+        δ, any floating dtype; not modified.
+    dtype : dtype
+    samples_per_chunk : int
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C_in, *I)
+        A new array; border gradients folded back per ``padding_mode``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.geometry import conv_geometry
+    >>> g = conv_geometry((1, 1, 5), (1, 1, 3), padding=1)
+    >>> depthwise_input_gradient(g, np.ones((1, 1, 3)), np.ones((1, 1, 5)),
+    ...                          dtype=np.float64, samples_per_chunk=1)
+    array([[[2., 3., 3., 3., 2.]]])
+    """
+    _check(geometry)
+    dtype = np.dtype(dtype)
+    window = geometry.window
+    dx = np.empty((geometry.batch, geometry.in_channels) + window.in_size, dtype)
+    if _empty(geometry):
+        dx[...] = 0
+        return dx
+    channels, multiplier = geometry.in_channels, _multiplier(geometry)
+    bands = _bands(window)
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+        band_t = None
+        if bands is not None:
+            band_t = _band_matrix(bands, weight, channels, multiplier, dtype).transpose(0, 2, 1)
+        for part in chunk_slices(geometry.batch, samples_per_chunk):
+            n = part.stop - part.start
+            if bands is not None:
+                delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
+                flat = scratch("depthwise_input",
+                               (channels, n * bands.region + bands.slack()), dtype)
+                flat[...] = 0
+                runs_grad = scratch("depthwise_runs", (channels, n * bands.slots, bands.run),
+                                    dtype)
+                for phase in range(bands.phases):
+                    np.matmul(delta[phase], band_t, out=runs_grad)  # dA_p = δ_p · Bᵀ
+                    _runs(flat, bands, phase, n)[...] += runs_grad
+                folded = unpad_add(_padded_view(flat, window, bands, n), window)  # (C, n, *I)
+                dx[part] = folded.swapaxes(0, 1)
+                if _finite(dx[part]):
+                    continue
+            _taps_input_gradient(dy[part], weight, window, multiplier, dtype, dx[part])
+    return dx
+
+
+def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndarray, *,
+                              dtype: DTypeLike, samples_per_chunk: int) -> np.ndarray:
+    """The weight gradient ``dw`` of the depthwise convolution, without columns.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+        A depthwise geometry.
+    x : ndarray, shape (N, C_in, *I)
+        The forward input, any floating dtype; not modified.
+    dy : ndarray, shape (N, C_out, *O)
+        δ, any floating dtype; not modified.
+    dtype : dtype
+    samples_per_chunk : int
+
+    Returns
+    -------
+    dw : ndarray, shape (C_out, 1, *K)
+        A new array of ``dtype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from im2colbp.geometry import conv_geometry
+    >>> g = conv_geometry((1, 1, 5), (1, 1, 3))
+    >>> x = np.arange(5.0).reshape(1, 1, 5)
+    >>> depthwise_weight_gradient(g, x, np.ones((1, 1, 3)), dtype=np.float64,
+    ...                           samples_per_chunk=1)
+    array([[[3., 6., 9.]]])
+    """
+    _check(geometry)
+    dtype = np.dtype(dtype)
+    window = geometry.window
+    channels, multiplier = geometry.in_channels, _multiplier(geometry)
+    dw = np.zeros(geometry.weight_shape, dtype)
+    if _empty(geometry):
+        return dw
+    dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
+    bands = _bands(window)
+    taps = window.kernel_volume
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+        if bands is not None:
+            t = np.arange(bands.outputs)
+            rows = np.asarray(bands.offsets)[:, None] + t[None, :] * bands.inner_stride
+            product = scratch("depthwise_product", (channels, bands.run,
+                                                    multiplier * bands.outputs), dtype)
+            total = scratch("depthwise_total", product.shape, dtype)
+        for part in chunk_slices(geometry.batch, samples_per_chunk):
+            n = part.stop - part.start
+            if bands is not None:
+                flat = _load(x[part], window, bands, dtype, "depthwise_input")
+                delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
+                for phase in range(bands.phases):
+                    # G += A_pᵀ · δ_p: (C, R, n·slots) @ (C, n·slots, M·T)
+                    target = total if phase == 0 else product
+                    np.matmul(_runs(flat, bands, phase, n).transpose(0, 2, 1), delta[phase],
+                              out=target)
+                    if phase:
+                        total += product
+                # the bands: (∏K, T, C, M) -> sum over t
+                along = total.reshape(channels, bands.run, multiplier, bands.outputs)[
+                    :, rows, :, t[None, :]]
+                chunk_dw = along.sum(axis=1).transpose(1, 2, 0)  # (C, M, ∏K)
+                if _finite(chunk_dw):
+                    dw_cm += chunk_dw.reshape(dw_cm.shape)
+                    continue
+            dw_cm += _taps_weight_gradient(x[part], dy[part], window, multiplier, dtype)
+    del taps
+    return dw
