@@ -180,7 +180,7 @@ def _finite(array: np.ndarray) -> bool:
 
 
 def _multiplier(geometry: ConvGeometry) -> int:
-    return geometry.out_channels // geometry.in_channels
+    return geometry.out_channels // geometry.groups
 
 
 def _empty(geometry: ConvGeometry) -> bool:
@@ -391,7 +391,8 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
         return y
     channels, multiplier = geometry.in_channels, _multiplier(geometry)
     bands = _bands(window)
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+            np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band = None if bands is None else _band_matrix(bands, weight, channels, multiplier,
                                                        dtype)
         for part in chunk_slices(geometry.batch, samples_per_chunk):
@@ -448,7 +449,8 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
         return dx
     channels, multiplier = geometry.in_channels, _multiplier(geometry)
     bands = _bands(window)
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+            np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band_t = None
         if bands is not None:
             band_t = _band_matrix(bands, weight, channels, multiplier, dtype).transpose(0, 2, 1)
@@ -512,7 +514,8 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
     dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
     bands = _bands(window)
     taps = window.kernel_volume
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)):
+    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+            np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         if bands is not None:
             t = np.arange(bands.outputs)
             rows = np.asarray(bands.offsets)[:, None] + t[None, :] * bands.inner_stride
