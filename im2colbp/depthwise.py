@@ -53,7 +53,7 @@ from typing import Optional, Tuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .geometry import ConvGeometry, WindowGeometry
+from .geometry import ConvGeometry, WindowGeometry, conv_geometry
 from .lowering import pad_into, unpad_add
 from .workspace import chunk_slices, scratch, scratch_scope
 
@@ -72,6 +72,9 @@ MAX_TAPS = 64
 
 #: Outputs per row of the 1-D banded lowering (the GEMM's inner width).
 ROW_OUTPUTS_1D = 16
+
+#: Preferred outputs per tile of a wide 2-D row (rows of at least twice this are tiled).
+TILE_OUTPUTS = 12
 
 
 # --------------------------------------------------------------------------
@@ -101,19 +104,25 @@ def depthwise_reason_not(geometry: ConvGeometry) -> Optional[str]:
 class _Bands:
     """Index arithmetic of the banded lowering of one window (rank 1 or 2).
 
-    Per sample and channel the padded input sits at the start of a flat region
-    of ``region`` samples (zeros after it); rows ``j < rows`` start at
-    ``j·step``; phase ``p`` reads slots ``s`` as rows ``s·Q + p``.
+    Per sample (and tile) and channel the padded input sits at the start of a
+    flat region of ``region`` samples (zeros after it); rows ``j < rows``
+    start at ``j·step``; phase ``p`` reads slots ``s`` as rows ``s·Q + p``.
+    In 2-D the last axis may be cut into ``tiles`` tiles of ``outputs``
+    positions, each lowered as a sample of its own (its ``width`` padded
+    columns copied out of the padded row, neighbours overlapping): shorter
+    runs, fewer wasted multiplications, one more copy.
     """
 
     step: int          # flat distance between consecutive rows' runs
     run: int           # R, the samples one row reads
     phases: int        # Q = ceil(R / step)
-    outputs: int       # T, outputs per row
+    outputs: int       # T, outputs per row (per tile)
     rows: int          # J, rows per sample that hold real outputs
     slots: int         # runs per sample and phase (slots·Q ≥ J)
     offsets: Tuple[int, ...]   # offset_k in the run, kernel offsets in C order
     inner_stride: int  # S_r
+    tiles: int = 1     # tiles along the last axis (2-D)
+    width: int = 0     # padded columns of one tile (2-D, tiled)
 
     @property
     def region(self) -> int:
@@ -123,17 +132,28 @@ class _Bands:
         """Samples past the last region that the last slot's runs may read."""
         return self.phases * self.step
 
+    @property
+    def extended(self) -> int:
+        """Padded columns the tiles span (2-D, tiled): ``(tiles-1)·T·S + width``."""
+        return (self.tiles - 1) * self.outputs * self.inner_stride + self.width
 
-def _bands(window: WindowGeometry) -> Optional[_Bands]:
+
+def _bands(window: WindowGeometry, tiled: bool = False) -> Optional[_Bands]:
     """The banded layout of a rank-1 or rank-2 window (None for other ranks)."""
+    tiles, tile_width = 1, 0
     if window.rank == 2:
         (s_h, s_w), (d_h, d_w) = window.stride, window.dilation
         (k_h, k_w), (o_h, o_w) = window.kernel_size, window.out_size
         p_h, p_w = window.padded_size
+        outputs = o_w
+        if tiled and o_w >= 2 * TILE_OUTPUTS:
+            tiles = -(-o_w // TILE_OUTPUTS)
+            outputs = -(-o_w // tiles)
+            tile_width = p_w = (outputs - 1) * s_w + d_w * (k_w - 1) + 1
         step = s_h * p_w
         offsets = tuple(kh * d_h * p_w + kw * d_w for kh in range(k_h) for kw in range(k_w))
-        run = d_h * (k_h - 1) * p_w + (o_w - 1) * s_w + d_w * (k_w - 1) + 1
-        rows, outputs, data = o_h, o_w, p_h * p_w
+        run = d_h * (k_h - 1) * p_w + (outputs - 1) * s_w + d_w * (k_w - 1) + 1
+        rows, data = o_h, p_h * p_w
     elif window.rank == 1:
         (s,), (d,), (k,), (o,) = (window.stride, window.dilation, window.kernel_size,
                                   window.out_size)
@@ -146,7 +166,8 @@ def _bands(window: WindowGeometry) -> Optional[_Bands]:
         return None
     phases = -(-run // step)
     slots = max(-(-rows // phases), -(-data // (phases * step)))
-    return _Bands(step, run, phases, outputs, rows, slots, offsets, window.stride[-1])
+    return _Bands(step, run, phases, outputs, rows, slots, offsets, window.stride[-1],
+                  tiles, tile_width)
 
 
 def depthwise_sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
@@ -161,14 +182,19 @@ def depthwise_sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     """
     window = geometry.window
     c, c_out = geometry.in_channels, geometry.out_channels
-    bands = _bands(window)
-    if bands is None:  # the tap loop: padded input (or its gradient) and one product
+    if _bands(window) is None:  # the tap loop: padded input (or its gradient) and one product
         return (c * math.prod(window.padded_size) + 2 * c_out * window.out_volume) * itemsize
-    multiplier = c_out // max(c, 1)
-    per_phase = bands.slots * multiplier * bands.outputs
-    flat = bands.region + bands.slack()
-    # input region, the phases' δ/y, one dA_p (input gradient) or the kept-y copy
-    return c * (flat + bands.phases * per_phase + bands.slots * bands.run) * itemsize
+    multiplier = c_out // max(geometry.groups, 1)
+    largest = 0
+    for bands in (_bands(window), _bands(window, tiled=True)):
+        per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
+        flat = bands.tiles * bands.region + bands.slack()
+        staged = bands.tiles * bands.rows * bands.outputs * multiplier  # uneven rows, tiles
+        extended = window.padded_size[0] * bands.extended if bands.tiles > 1 else 0
+        # input regions, the phases' δ/y, one dA_p (untiled input gradient), staging
+        largest = max(largest, flat + bands.phases * per_phase + bands.slots * bands.run
+                      + staged + extended)
+    return c * largest * itemsize
 
 
 # --------------------------------------------------------------------------
@@ -210,7 +236,7 @@ def _runs(flat: np.ndarray, bands: _Bands, phase: int, n: int) -> np.ndarray:
 
 
 def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int) -> np.ndarray:
-    """(C, n, *padded) view of the samples' padded inputs in ``flat``."""
+    """(C, n, *padded) view of the samples' padded inputs in ``flat`` (untiled)."""
     regions = flat[:, :n * bands.region].reshape(flat.shape[0], n, bands.region)
     return regions[:, :, :math.prod(window.padded_size)].reshape(
         (flat.shape[0], n) + window.padded_size)
@@ -218,35 +244,61 @@ def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int
 
 def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
           name: str) -> np.ndarray:
-    """Padded ``source`` (n, C, *I) into a scratch ``flat`` (C, n·region + slack)."""
+    """Padded ``source`` (n, C, *I) into a scratch ``flat`` (C, n·tiles·region + slack)."""
     n, channels = source.shape[:2]
-    flat = scratch(name, (channels, n * bands.region + bands.slack()), dtype)
-    data = math.prod(window.padded_size)
-    regions = flat[:, :n * bands.region].reshape(channels, n, bands.region)
+    samples = n * bands.tiles
+    flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
+    regions = flat[:, :samples * bands.region].reshape(channels, samples, bands.region)
+    flat[:, samples * bands.region:] = 0
+    if bands.tiles == 1:
+        regions[:, :, math.prod(window.padded_size):] = 0
+        pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
+        return flat
+    p_h, p_w = window.padded_size
+    data = p_h * bands.width
     regions[:, :, data:] = 0
-    flat[:, n * bands.region:] = 0
-    pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
+    padded = scratch("depthwise_extended", (channels, n, p_h, max(bands.extended, p_w)), dtype)
+    padded[..., p_w:] = 0
+    pad_into(source.swapaxes(0, 1), window, padded[..., :p_w])
+    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+    windows = np.lib.stride_tricks.sliding_window_view(padded, bands.width, axis=-1)
+    tiles = windows[..., ::core, :][..., :bands.tiles, :]  # (C, n, P_h, tiles, width)
+    target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
+    target[...] = tiles.transpose(0, 1, 3, 2, 4)
     return flat
 
 
 def _rows(array: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
           multiplier: int, dtype: np.dtype, name: str) -> Tuple[np.ndarray, bool]:
-    """(n, C, M, J, T) view of ``array`` (n, C·M, *O), or a scratch of that shape when the
-    rows do not tile the output (1-D with ``O`` not a multiple of T); and whether a scratch."""
+    """(n, C, M, J, tiles, T) view of ``array`` (n, C·M, *O), or a scratch of that shape
+    when rows and tiles do not tile the output exactly; and whether it is a scratch."""
     n = array.shape[0]
-    shape = (n, channels, multiplier, bands.rows, bands.outputs)
-    if window.rank == 2 or bands.rows * bands.outputs == window.out_size[0]:
+    shape = (n, channels, multiplier, bands.rows, bands.tiles, bands.outputs)
+    last = window.out_size[-1] if window.rank == 2 else window.out_size[0]
+    covered = bands.tiles * bands.outputs if window.rank == 2 else bands.rows * bands.outputs
+    if covered == last:
         return array.reshape(shape), False
     return scratch(name, shape, dtype), True
 
 
+def _staged_part(rows: np.ndarray, window: WindowGeometry) -> np.ndarray:
+    """The part of a staged (n, C, M, J, tiles, T) scratch that holds (n, C·M, *O)."""
+    n, channels, multiplier = rows.shape[:3]
+    if window.rank == 2:
+        view = rows.reshape(n, channels * multiplier, rows.shape[3], -1)
+    else:
+        view = rows.reshape(n, channels * multiplier, -1)
+    return view[..., :window.out_size[-1]]
+
+
 def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
-    """The phases' ``gemm`` (Q, C, n·slots, M·T) into ``target`` (n, C, M, J, T)."""
+    """The phases' ``gemm`` (Q, C, n·tiles·slots, M·T) into ``target`` (n, C, M, J, tiles, T)."""
     n, channels, multiplier = target.shape[:3]
     for phase in range(bands.phases):
         count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
-        source = gemm[phase].reshape(channels, n, bands.slots, multiplier, bands.outputs)
-        target[:, :, :, phase::bands.phases] = source[:, :, :count].transpose(1, 0, 3, 2, 4)
+        source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                     bands.outputs)[:, :, :, :count]
+        target[:, :, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
 
 
 def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -255,26 +307,25 @@ def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: i
     rows, staged = _rows(out, window, bands, channels, multiplier, dtype, "depthwise_rows")
     _gather(gemm, bands, rows)
     if staged:
-        n = out.shape[0]
-        out[...] = rows.reshape(n, channels * multiplier, -1)[:, :, :window.out_size[0]]
+        out[...] = _staged_part(rows, window)
 
 
 def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
                   channels: int, multiplier: int, dtype: np.dtype) -> np.ndarray:
-    """δ (n, C·M, *O) into scratch (Q, C, n·slots, M·T), zero at rows beyond the output."""
+    """δ (n, C·M, *O) into scratch (Q, C, n·tiles·slots, M·T), zero beyond the output."""
     n = delta.shape[0]
-    gemm = scratch("depthwise_delta",
-                   (bands.phases, channels, n * bands.slots, multiplier * bands.outputs), dtype)
+    gemm = scratch("depthwise_delta", (bands.phases, channels, n * bands.tiles * bands.slots,
+                                       multiplier * bands.outputs), dtype)
     rows, staged = _rows(delta, window, bands, channels, multiplier, dtype, "depthwise_rows")
     if staged:
-        flat = rows.reshape(n, channels * multiplier, -1)
-        flat[:, :, :window.out_size[0]] = delta
-        flat[:, :, window.out_size[0]:] = 0
+        rows[...] = 0
+        _staged_part(rows, window)[...] = delta
     for phase in range(bands.phases):
         count = len(range(phase, bands.rows, bands.phases))
-        target = gemm[phase].reshape(channels, n, bands.slots, multiplier, bands.outputs)
-        target[:, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 3, 2, 4)
-        target[:, :, count:] = 0
+        target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                     bands.outputs)
+        target[:, :, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 4, 3, 2, 5)
+        target[:, :, :, count:] = 0
     return gemm
 
 
@@ -390,7 +441,7 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
         y[...] = 0
         return y
     channels, multiplier = geometry.in_channels, _multiplier(geometry)
-    bands = _bands(window)
+    bands = _bands(window, tiled=True)
     with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band = None if bands is None else _band_matrix(bands, weight, channels, multiplier,
@@ -399,16 +450,53 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
             n = part.stop - part.start
             if bands is not None:
                 flat = _load(x[part], window, bands, dtype, "depthwise_input")
-                gemm = scratch("depthwise_delta", (bands.phases, channels, n * bands.slots,
+                gemm = scratch("depthwise_delta", (bands.phases, channels,
+                                                   n * bands.tiles * bands.slots,
                                                    multiplier * bands.outputs), dtype)
                 for phase in range(bands.phases):
-                    np.matmul(_runs(flat, bands, phase, n), band, out=gemm[phase])
+                    np.matmul(_runs(flat, bands, phase, n * bands.tiles), band,
+                              out=gemm[phase])
                 _output(gemm, window, bands, channels, multiplier, dtype, y[part])
                 if _finite(y[part]):
                     continue
                 # inf/nan (or overflow): a band's zero times inf spreads NaN along a row
             _taps_forward(x[part], weight, window, multiplier, dtype, y[part])
     return y
+
+
+def _transposition_pairs(geometry: ConvGeometry):
+    window = geometry.window
+    return window.transposition_padding(padded_input=window.padding_mode != "zeros")
+
+
+def _transposition_serves(geometry: ConvGeometry, weight: np.ndarray) -> bool:
+    """Stride 1, one filter per channel, paddings within D·(K-1), a finite weight (inf·0
+    at δ's padding would be NaN) and a banded rank: dx is a depthwise forward of δ."""
+    window = geometry.window
+    return (window.rank <= 2 and _multiplier(geometry) == 1
+            and all(s == 1 for s in window.stride)
+            and all(b >= 0 and a >= 0 for b, a in _transposition_pairs(geometry))
+            and _finite(weight))
+
+
+def _input_gradient_by_transposition(geometry: ConvGeometry, weight: np.ndarray,
+                                     dy: np.ndarray, dtype: np.dtype, samples_per_chunk: int,
+                                     dx: np.ndarray) -> np.ndarray:
+    """dx = conv(δ padded by D·(K-1) - P, flipped w): Aggarwal's transposition, which at
+    stride 1 is the forward path again (the gradient w.r.t. the padded input, folded back,
+    for a non-zero padding mode)."""
+    window = geometry.window
+    spatial = tuple(range(2, 2 + window.rank))
+    flipped = np.ascontiguousarray(np.flip(weight, axis=spatial), dtype=dtype)
+    for part in chunk_slices(geometry.batch, samples_per_chunk):
+        n = part.stop - part.start
+        backward = conv_geometry((n, geometry.out_channels) + window.out_size, weight.shape,
+                                 padding=_transposition_pairs(geometry),
+                                 dilation=window.dilation, groups=geometry.groups)
+        grad = depthwise_forward(backward, dy[part], flipped, dtype=dtype,
+                                 samples_per_chunk=n)  # (n, C, *I) or (n, C, *padded)
+        dx[part] = unpad_add(grad, window) if window.padding_mode != "zeros" else grad
+    return dx
 
 
 def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.ndarray, *,
@@ -448,6 +536,9 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
         dx[...] = 0
         return dx
     channels, multiplier = geometry.in_channels, _multiplier(geometry)
+    if _transposition_serves(geometry, weight):
+        return _input_gradient_by_transposition(geometry, weight, dy, dtype, samples_per_chunk,
+                                                dx)
     bands = _bands(window)
     with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
@@ -512,7 +603,7 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
     if _empty(geometry):
         return dw
     dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
-    bands = _bands(window)
+    bands = _bands(window, tiled=True)
     taps = window.kernel_volume
     with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
@@ -530,7 +621,8 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
                 for phase in range(bands.phases):
                     # G += A_pᵀ · δ_p: (C, R, n·slots) @ (C, n·slots, M·T)
                     target = total if phase == 0 else product
-                    np.matmul(_runs(flat, bands, phase, n).transpose(0, 2, 1), delta[phase],
+                    np.matmul(_runs(flat, bands, phase, n * bands.tiles).transpose(0, 2, 1),
+                              delta[phase],
                               out=target)
                     if phase:
                         total += product

@@ -91,6 +91,7 @@ def test_ranks_one_and_two_run_the_banded_gemms(case, monkeypatch):
 
 @pytest.mark.parametrize("input_shape, weight_shape, kwargs", [
     ((2, 3, 9, 8), (6, 1, 3, 3), dict(padding=1, groups=3)),
+    ((2, 3, 9, 8), (3, 1, 3, 3), dict(padding=1, groups=3, padding_mode="reflect")),
     ((3, 2, 17), (4, 1, 3), dict(padding=2, stride=2, groups=2, padding_mode="circular")),
     ((2, 2, 4, 5, 3), (2, 1, 2, 3, 2), dict(padding=1, groups=2, padding_mode="reflect")),
 ])
@@ -153,3 +154,27 @@ def test_sample_bytes_bound_the_scratch():
     large = conv_geometry((1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8)
     assert 0 < dwm.depthwise_sample_bytes(small, 4) < dwm.depthwise_sample_bytes(large, 4)
     assert dwm.depthwise_sample_bytes(small, 8) == 2 * dwm.depthwise_sample_bytes(small, 4)
+
+
+@pytest.mark.parametrize("tile_outputs", [1, 2, 3])
+@given(case=depthwise_cases())
+def test_tiled_rows_match_reference(case, tile_outputs, monkeypatch):
+    """Wide 2-D rows cut into tiles (every width, stride, dilation, padding mode)."""
+    geometry, input_shape, weight_shape, kwargs, chunk = case
+    monkeypatch.setattr(dwm, "TILE_OUTPUTS", tile_outputs)
+    assume(geometry.rank == 2 and dwm._bands(geometry.window, tiled=True).tiles > 1)
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64, seed=2)
+    expected = _expected(x, w, dy, input_shape, weight_shape, kwargs)
+    for got, want in zip(_ours(geometry, x, w, dy, np.float64, chunk), expected):
+        assert_close(got, want)
+
+
+def test_a_wide_image_is_tiled_and_exact():
+    geometry = conv_geometry((2, 3, 9, 60), (6, 1, 3, 3), padding=((1, 0), (2, 1)),
+                             stride=(1, 2), groups=3, padding_mode="reflect")
+    kwargs = dict(padding=((1, 0), (2, 1)), stride=(1, 2), groups=3, padding_mode="reflect")
+    assert dwm._bands(geometry.window, tiled=True).tiles == 3
+    x, w, dy = _arrays((2, 3, 9, 60), (6, 1, 3, 3), geometry.output_shape, np.float64)
+    expected = _expected(x, w, dy, (2, 3, 9, 60), (6, 1, 3, 3), kwargs)
+    for got, want in zip(_ours(geometry, x, w, dy, np.float64, 2), expected):
+        assert_close(got, want)
