@@ -138,6 +138,18 @@ class _Bands:
         return (self.tiles - 1) * self.outputs * self.inner_stride + self.width
 
 
+def _tiling(width: int) -> Tuple[int, int]:
+    """(tiles, T) for ``width`` outputs: T near TILE_OUTPUTS, dividing the width when a
+    divisor within [TILE_OUTPUTS/2, 3·TILE_OUTPUTS/2] exists (no staging copy then)."""
+    low, high = max(1, TILE_OUTPUTS // 2), max(1, (3 * TILE_OUTPUTS) // 2)
+    divisors = [t for t in range(low, high + 1) if width % t == 0 and t < width]
+    if divisors:
+        outputs = min(divisors, key=lambda t: (abs(t - TILE_OUTPUTS), -t))
+        return width // outputs, outputs
+    tiles = -(-width // TILE_OUTPUTS)
+    return tiles, -(-width // tiles)
+
+
 def _bands(window: WindowGeometry, tiled: bool = False) -> Optional[_Bands]:
     """The banded layout of a rank-1 or rank-2 window (None for other ranks)."""
     tiles, tile_width = 1, 0
@@ -147,8 +159,7 @@ def _bands(window: WindowGeometry, tiled: bool = False) -> Optional[_Bands]:
         p_h, p_w = window.padded_size
         outputs = o_w
         if tiled and o_w >= 2 * TILE_OUTPUTS:
-            tiles = -(-o_w // TILE_OUTPUTS)
-            outputs = -(-o_w // tiles)
+            tiles, outputs = _tiling(o_w)
             tile_width = p_w = (outputs - 1) * s_w + d_w * (k_w - 1) + 1
         step = s_h * p_w
         offsets = tuple(kh * d_h * p_w + kw * d_w for kh in range(k_h) for kw in range(k_w))
