@@ -4,8 +4,12 @@
     .venv/bin/python scripts/depthwise_speed.py --only depthwise --rounds 5
 
 One worker process per (contender, configuration); rounds alternate; the median of each
-worker's repeats is reported, then the median over rounds. Forward + backward means y, dx and dw
-(the bias gradient is a sum, left out of all contenders). Serialise runs on a shared machine:
+worker's repeats is reported, then the median over rounds. ``direct`` is this module's three
+passes (forward, input gradient, weight gradient, chunked as the plan would: 8 MiB of scratch);
+``ours`` is ``conv_forward`` + ``conv_backward`` with the engine's default; ``torch`` is
+``torch.nn.functional.convNd`` forward + ``backward()`` with 2 threads.
+Forward + backward means y, dx and dw (no bias in any contender). Serialise runs on a shared
+machine:
 ``flock /work/notes/bench.lock .venv/bin/python scripts/depthwise_speed.py``.
 """
 
@@ -94,14 +98,19 @@ def main() -> int:
                                       str(args.repeats), spec],
                                      capture_output=True, text=True, check=True)
                 results[name][contender].append(json.loads(out.stdout))
+    ratios = "".join(f"  {c}/torch" for c in args.contenders if c != "torch")
+    if "direct" in args.contenders and "ours" in args.contenders:
+        ratios += "  direct/ours"
     print(f"{'config':<10}" + "".join(f"{c:>10}" for c in args.contenders) + "  (ms, f+b)"
-          + "".join(f"  {c}/torch" for c in args.contenders if c != "torch"))
+          + (ratios if "torch" in args.contenders else "  direct/ours"))
     for name, row in results.items():
         med = {c: statistics.median(v) for c, v in row.items()}
         line = f"{name:<10}" + "".join(f"{med[c]:>10.2f}" for c in args.contenders)
         if "torch" in med:
             line += "".join(f"  {med[c] / med['torch']:>8.2f}" for c in args.contenders
                             if c != "torch")
+        if "direct" in med and "ours" in med:
+            line += f"  {med['direct'] / med['ours']:>8.2f}"
         print(line)
     return 0
 
