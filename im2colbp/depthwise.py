@@ -448,6 +448,13 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
     dtype = np.dtype(dtype)
     window = geometry.window
     y = np.empty((geometry.batch, geometry.out_channels) + window.out_size, dtype)
+    return _forward_into(geometry, x, weight, dtype, samples_per_chunk, y)
+
+
+def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dtype: np.dtype,
+                  samples_per_chunk: int, y: np.ndarray) -> np.ndarray:
+    """depthwise_forward's work, into ``y`` (N, C_out, *O), C-contiguous."""
+    window = geometry.window
     if _empty(geometry):
         y[...] = 0
         return y
@@ -499,14 +506,19 @@ def _input_gradient_by_transposition(geometry: ConvGeometry, weight: np.ndarray,
     window = geometry.window
     spatial = tuple(range(2, 2 + window.rank))
     flipped = np.ascontiguousarray(np.flip(weight, axis=spatial), dtype=dtype)
+    if window.padding_mode == "zeros":  # dx is the forward of δ itself
+        backward = conv_geometry((geometry.batch, geometry.out_channels) + window.out_size,
+                                 weight.shape, padding=_transposition_pairs(geometry),
+                                 dilation=window.dilation, groups=geometry.groups)
+        return _forward_into(backward, dy, flipped, dtype, samples_per_chunk, dx)
     for part in chunk_slices(geometry.batch, samples_per_chunk):
         n = part.stop - part.start
         backward = conv_geometry((n, geometry.out_channels) + window.out_size, weight.shape,
                                  padding=_transposition_pairs(geometry),
                                  dilation=window.dilation, groups=geometry.groups)
         grad = depthwise_forward(backward, dy[part], flipped, dtype=dtype,
-                                 samples_per_chunk=n)  # (n, C, *I) or (n, C, *padded)
-        dx[part] = unpad_add(grad, window) if window.padding_mode != "zeros" else grad
+                                 samples_per_chunk=n)  # (n, C, *padded)
+        dx[part] = unpad_add(grad, window)
     return dx
 
 

@@ -178,3 +178,25 @@ def test_a_wide_image_is_tiled_and_exact():
     expected = _expected(x, w, dy, (2, 3, 9, 60), (6, 1, 3, 3), kwargs)
     for got, want in zip(_ours(geometry, x, w, dy, np.float64, 2), expected):
         assert_close(got, want)
+
+
+@given(case=depthwise_cases(), poison=st.booleans())
+def test_weight_gradient_from_the_kept_input(case, poison):
+    """The forward's loaded input, kept, gives the weight gradient (x untouched; a chunk
+    with inf still matches the reference through the tap loop)."""
+    geometry, input_shape, weight_shape, kwargs, chunk = case
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64, seed=3)
+    if poison and x.size:
+        x.reshape(-1)[x.size // 2] = np.inf
+    y, kept = dwm.depthwise_forward(geometry, x, w, dtype=np.float64, samples_per_chunk=chunk,
+                                    keep=True)
+    assert (kept is None) == (geometry.rank > 2 or x.size == 0 or w.size == 0)
+    dw = dwm.depthwise_weight_gradient(geometry, x, dy, dtype=np.float64,
+                                       samples_per_chunk=chunk, kept=kept)
+    with np.errstate(invalid="ignore"):
+        want = reference.conv_grad_weight(dy, x, weight_shape, **kwargs)
+        want_y = reference.conv(x, w, **kwargs)
+    for got, expected in ((dw, want), (y, want_y)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-10)
