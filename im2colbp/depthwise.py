@@ -59,6 +59,7 @@ from .workspace import chunk_slices, scratch, scratch_scope
 
 __all__ = [
     "MAX_TAPS",
+    "DepthwiseKept",
     "depthwise_reason_not",
     "depthwise_sample_bytes",
     "depthwise_forward",
@@ -254,11 +255,13 @@ def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int
 
 
 def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
-          name: str) -> np.ndarray:
-    """Padded ``source`` (n, C, *I) into a scratch ``flat`` (C, n·tiles·region + slack)."""
+          name: str, flat: Optional[np.ndarray] = None) -> np.ndarray:
+    """Padded ``source`` (n, C, *I) into ``flat`` (C, n·tiles·region + slack), by default a
+    scratch named ``name``."""
     n, channels = source.shape[:2]
     samples = n * bands.tiles
-    flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
+    if flat is None:
+        flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
     regions = flat[:, :samples * bands.region].reshape(channels, samples, bands.region)
     flat[:, samples * bands.region:] = 0
     if bands.tiles == 1:
@@ -405,6 +408,30 @@ def _taps_weight_gradient(x: np.ndarray, delta: np.ndarray, window: WindowGeomet
 # --------------------------------------------------------------------------
 # the three passes
 # --------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DepthwiseKept:
+    """The forward pass's loaded input, kept for the weight gradient (``keep=True``).
+
+    ``flat`` is ``(C_in, N·tiles·region + slack)``: every sample's padded input
+    laid out for the banded GEMMs, a little more than x itself (the padding,
+    the tiles' overlap, row slack) — far less than im2col's ∏K times x — so
+    that the weight gradient does not pad and tile x again.
+    """
+
+    flat: np.ndarray
+    bands: _Bands
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.nbytes
+
+
+def _sample_slice(flat: np.ndarray, bands: _Bands, part: slice) -> np.ndarray:
+    """The chunk ``part``'s view of a whole batch's ``flat`` (runs read on into the next)."""
+    size = bands.tiles * bands.region
+    return flat[:, part.start * size:part.stop * size + bands.slack()]
+
+
 def _check(geometry: ConvGeometry) -> None:
     why = depthwise_reason_not(geometry)
     if why is not None:
@@ -412,7 +439,7 @@ def _check(geometry: ConvGeometry) -> None:
 
 
 def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
-                      dtype: DTypeLike, samples_per_chunk: int) -> np.ndarray:
+                      dtype: DTypeLike, samples_per_chunk: int, keep: bool = False):
     """The depthwise convolution ``y = conv(x, w, groups=C_in)``, without columns.
 
     Parameters
@@ -428,11 +455,14 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
     samples_per_chunk : int
         Samples per chunk (the scratch is about that many times
         :func:`depthwise_sample_bytes`).
+    keep : bool, optional
+        Also return the loaded input (:class:`DepthwiseKept`, or None where
+        the tap loop serves) for :func:`depthwise_weight_gradient`.
 
     Returns
     -------
     y : ndarray, shape (N, C_out, *O)
-        A new array of ``dtype``. No bias.
+        A new array of ``dtype``. No bias. With ``keep``: ``(y, kept)``.
 
     Examples
     --------
@@ -448,11 +478,19 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
     dtype = np.dtype(dtype)
     window = geometry.window
     y = np.empty((geometry.batch, geometry.out_channels) + window.out_size, dtype)
-    return _forward_into(geometry, x, weight, dtype, samples_per_chunk, y)
+    kept = None
+    bands = _bands(window, tiled=True)
+    if keep and bands is not None and not _empty(geometry):
+        size = bands.tiles * bands.region
+        kept = DepthwiseKept(np.empty((geometry.in_channels,
+                                       geometry.batch * size + bands.slack()), dtype), bands)
+    _forward_into(geometry, x, weight, dtype, samples_per_chunk, y, kept)
+    return (y, kept) if keep else y
 
 
 def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dtype: np.dtype,
-                  samples_per_chunk: int, y: np.ndarray) -> np.ndarray:
+                  samples_per_chunk: int, y: np.ndarray,
+                  kept: Optional[DepthwiseKept] = None) -> np.ndarray:
     """depthwise_forward's work, into ``y`` (N, C_out, *O), C-contiguous."""
     window = geometry.window
     if _empty(geometry):
@@ -467,7 +505,8 @@ def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dty
         for part in chunk_slices(geometry.batch, samples_per_chunk):
             n = part.stop - part.start
             if bands is not None:
-                flat = _load(x[part], window, bands, dtype, "depthwise_input")
+                flat = _load(x[part], window, bands, dtype, "depthwise_input",
+                             None if kept is None else _sample_slice(kept.flat, bands, part))
                 gemm = scratch("depthwise_delta", (bands.phases, channels,
                                                    n * bands.tiles * bands.slots,
                                                    multiplier * bands.outputs), dtype)
@@ -589,7 +628,8 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
 
 
 def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndarray, *,
-                              dtype: DTypeLike, samples_per_chunk: int) -> np.ndarray:
+                              dtype: DTypeLike, samples_per_chunk: int,
+                              kept: Optional[DepthwiseKept] = None) -> np.ndarray:
     """The weight gradient ``dw`` of the depthwise convolution, without columns.
 
     Parameters
@@ -602,6 +642,9 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
         δ, any floating dtype; not modified.
     dtype : dtype
     samples_per_chunk : int
+    kept : DepthwiseKept, optional
+        The forward's loaded x (``depthwise_forward(..., keep=True)``, same
+        geometry and dtype): x is then read only if a chunk holds inf/nan.
 
     Returns
     -------
@@ -639,7 +682,12 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
         for part in chunk_slices(geometry.batch, samples_per_chunk):
             n = part.stop - part.start
             if bands is not None:
-                flat = _load(x[part], window, bands, dtype, "depthwise_input")
+                if kept is not None:
+                    if kept.bands != bands or kept.flat.dtype != dtype:
+                        raise RuntimeError("kept input and the weight-gradient pass disagree")
+                    flat = _sample_slice(kept.flat, bands, part)
+                else:
+                    flat = _load(x[part], window, bands, dtype, "depthwise_input")
                 delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
                 for phase in range(bands.phases):
                     # G += A_pᵀ · δ_p: (C, R, n·slots) @ (C, n·slots, M·T)
