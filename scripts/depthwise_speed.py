@@ -5,7 +5,8 @@
 
 One worker process per (contender, configuration); rounds alternate; the median of each
 worker's repeats is reported, then the median over rounds. ``direct`` is this module's three
-passes (forward, input gradient, weight gradient, chunked as the plan would: 8 MiB of scratch);
+passes (forward, input gradient, weight gradient, chunked as the plan would: 8 MiB of scratch;
+forward keeps its loaded input for the weight gradient);
 ``ours`` is ``conv_forward`` + ``conv_backward`` with the engine's default; ``torch`` is
 ``torch.nn.functional.convNd`` forward + ``backward()`` with 2 threads.
 Forward + backward means y, dx and dw (no bias in any contender). Serialise runs on a shared
@@ -64,9 +65,11 @@ else:
     if contender == "direct":
         chunk = samples_per_chunk(g.batch, dwm.depthwise_sample_bytes(g, 4), 8 * 2**20)
         def run():
-            y = dwm.depthwise_forward(g, x, w, dtype=np.float32, samples_per_chunk=chunk)
+            y, kept = dwm.depthwise_forward(g, x, w, dtype=np.float32,
+                                            samples_per_chunk=chunk, keep=True)
             dwm.depthwise_input_gradient(g, w, y, dtype=np.float32, samples_per_chunk=chunk)
-            dwm.depthwise_weight_gradient(g, x, y, dtype=np.float32, samples_per_chunk=chunk)
+            dwm.depthwise_weight_gradient(g, x, y, dtype=np.float32, samples_per_chunk=chunk,
+                                          kept=kept)
     else:
         import im2colbp as ib
         def run():
