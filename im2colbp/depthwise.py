@@ -62,6 +62,7 @@ __all__ = [
     "DepthwiseKept",
     "depthwise_reason_not",
     "depthwise_sample_bytes",
+    "depthwise_fixed_bytes",
     "depthwise_forward",
     "depthwise_input_gradient",
     "depthwise_weight_gradient",
@@ -192,12 +193,20 @@ def depthwise_sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     ...                                      groups=128), 4) > 0
     True
     """
+    backward = _transposition_geometry(geometry)
+    own = _sample_bytes(geometry, itemsize)
+    return own if backward is None else max(own, _sample_bytes(backward, itemsize))
+
+
+def _sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     window = geometry.window
     c, c_out = geometry.in_channels, geometry.out_channels
-    if _bands(window) is None:  # the tap loop: padded input (or its gradient) and one product
-        return (c * math.prod(window.padded_size) + 2 * c_out * window.out_volume) * itemsize
+    # the tap loop (ranks >= 3, chunks with inf/nan): padded input or its gradient, a product
+    taps = (c * math.prod(window.padded_size) + 2 * c_out * window.out_volume) * itemsize
+    if _bands(window) is None:
+        return taps
     multiplier = c_out // max(geometry.groups, 1)
-    largest = 0
+    largest = taps // itemsize
     for bands in (_bands(window), _bands(window, tiled=True)):
         per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
         flat = bands.tiles * bands.region + bands.slack()
@@ -209,9 +218,39 @@ def depthwise_sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     return c * largest * itemsize
 
 
+def depthwise_fixed_bytes(geometry: ConvGeometry, itemsize: int) -> int:
+    """Scratch the direct path needs once per call, whatever the chunk: the banded
+    matrices ``(C, R, M·T)`` and the weight gradient's two accumulators of that shape.
+
+    Examples
+    --------
+    >>> from im2colbp.geometry import conv_geometry
+    >>> depthwise_fixed_bytes(conv_geometry((8, 4, 9, 9), (4, 1, 3, 3), groups=4), 4) > 0
+    True
+    """
+    backward = _transposition_geometry(geometry)
+    own = _fixed_bytes(geometry, itemsize)
+    return own if backward is None else max(own, _fixed_bytes(backward, itemsize))
+
+
+def _fixed_bytes(geometry: ConvGeometry, itemsize: int) -> int:
+    window = geometry.window
+    if _bands(window) is None:
+        return 0
+    multiplier = geometry.out_channels // max(geometry.groups, 1)
+    largest = max(bands.run * multiplier * bands.outputs
+                  for bands in (_bands(window), _bands(window, tiled=True)))
+    return 3 * geometry.in_channels * largest * itemsize
+
+
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
+def _planned(geometry: ConvGeometry, dtype: np.dtype, samples_per_chunk: int) -> int:
+    return (samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)
+            + depthwise_fixed_bytes(geometry, dtype.itemsize))
+
+
 def _finite(array: np.ndarray) -> bool:
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(float(np.sum(array)))
@@ -498,7 +537,7 @@ def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dty
         return y
     channels, multiplier = geometry.in_channels, _multiplier(geometry)
     bands = _bands(window, tiled=True)
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+    with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band = None if bands is None else _band_matrix(bands, weight, channels, multiplier,
                                                        dtype)
@@ -526,14 +565,27 @@ def _transposition_pairs(geometry: ConvGeometry):
     return window.transposition_padding(padded_input=window.padding_mode != "zeros")
 
 
-def _transposition_serves(geometry: ConvGeometry, weight: np.ndarray) -> bool:
-    """Stride 1, one filter per channel, paddings within D·(K-1), a finite weight (inf·0
-    at δ's padding would be NaN) and a banded rank: dx is a depthwise forward of δ."""
+def _transposition_geometry(geometry: ConvGeometry,
+                            batch: Optional[int] = None) -> Optional[ConvGeometry]:
+    """The stride-1 depthwise convolution of δ whose output is dx (or, for a non-zero
+    padding mode, the gradient w.r.t. the padded x), or None where it cannot serve:
+    stride 1, one filter per channel, paddings within D·(K-1), a banded rank."""
     window = geometry.window
-    return (window.rank <= 2 and _multiplier(geometry) == 1
+    pairs = _transposition_pairs(geometry)
+    if not (window.rank <= 2 and not _empty(geometry) and _multiplier(geometry) == 1
             and all(s == 1 for s in window.stride)
-            and all(b >= 0 and a >= 0 for b, a in _transposition_pairs(geometry))
-            and _finite(weight))
+            and all(b >= 0 and a >= 0 for b, a in pairs)):
+        return None
+    batch = geometry.batch if batch is None else batch
+    return conv_geometry((batch, geometry.out_channels) + window.out_size,
+                         geometry.weight_shape, padding=pairs, dilation=window.dilation,
+                         groups=geometry.groups)
+
+
+def _transposition_serves(geometry: ConvGeometry, weight: np.ndarray) -> bool:
+    """The transposition geometry exists and the weight is finite (inf·0 at δ's padding
+    would be NaN): dx is a depthwise forward of δ."""
+    return _transposition_geometry(geometry) is not None and _finite(weight)
 
 
 def _input_gradient_by_transposition(geometry: ConvGeometry, weight: np.ndarray,
@@ -546,15 +598,11 @@ def _input_gradient_by_transposition(geometry: ConvGeometry, weight: np.ndarray,
     spatial = tuple(range(2, 2 + window.rank))
     flipped = np.ascontiguousarray(np.flip(weight, axis=spatial), dtype=dtype)
     if window.padding_mode == "zeros":  # dx is the forward of δ itself
-        backward = conv_geometry((geometry.batch, geometry.out_channels) + window.out_size,
-                                 weight.shape, padding=_transposition_pairs(geometry),
-                                 dilation=window.dilation, groups=geometry.groups)
+        backward = _transposition_geometry(geometry)
         return _forward_into(backward, dy, flipped, dtype, samples_per_chunk, dx)
     for part in chunk_slices(geometry.batch, samples_per_chunk):
         n = part.stop - part.start
-        backward = conv_geometry((n, geometry.out_channels) + window.out_size, weight.shape,
-                                 padding=_transposition_pairs(geometry),
-                                 dilation=window.dilation, groups=geometry.groups)
+        backward = _transposition_geometry(geometry, n)
         grad = depthwise_forward(backward, dy[part], flipped, dtype=dtype,
                                  samples_per_chunk=n)  # (n, C, *padded)
         dx[part] = unpad_add(grad, window)
@@ -602,7 +650,7 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
         return _input_gradient_by_transposition(geometry, weight, dy, dtype, samples_per_chunk,
                                                 dx)
     bands = _bands(window)
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+    with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band_t = None
         if bands is not None:
@@ -671,7 +719,7 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
     dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
     bands = _bands(window, tiled=True)
     taps = window.kernel_volume
-    with scratch_scope(samples_per_chunk * depthwise_sample_bytes(geometry, dtype.itemsize)), \
+    with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         if bands is not None:
             t = np.arange(bands.outputs)

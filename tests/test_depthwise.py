@@ -6,6 +6,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import PADDING_MODES, assert_close, paddings
 
+import im2colbp as ib
 from im2colbp import depthwise as dwm
 from im2colbp import reference
 from im2colbp.geometry import conv_geometry
@@ -200,3 +201,22 @@ def test_weight_gradient_from_the_kept_input(case, poison):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
         finite = np.isfinite(expected)
         np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-10)
+
+
+@given(case=depthwise_cases())
+def test_scratch_stays_within_the_planned_bytes(case):
+    """Each pass holds at most samples_per_chunk · sample_bytes + fixed_bytes of scratch."""
+    geometry, input_shape, weight_shape, kwargs, chunk = case
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64)
+    planned = (chunk * dwm.depthwise_sample_bytes(geometry, 8)
+               + dwm.depthwise_fixed_bytes(geometry, 8))
+    passes = [lambda: dwm.depthwise_forward(geometry, x, w, dtype=np.float64,
+                                            samples_per_chunk=chunk),
+              lambda: dwm.depthwise_input_gradient(geometry, w, dy, dtype=np.float64,
+                                                   samples_per_chunk=chunk),
+              lambda: dwm.depthwise_weight_gradient(geometry, x, dy, dtype=np.float64,
+                                                    samples_per_chunk=chunk)]
+    for run in passes:
+        ib.release_scratch()
+        run()
+        assert ib.retained_scratch_bytes() <= max(planned, 64)
