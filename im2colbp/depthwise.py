@@ -206,7 +206,7 @@ def _sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     if _bands(window) is None:
         return taps
     multiplier = c_out // max(geometry.groups, 1)
-    largest = taps // itemsize
+    largest = math.prod(window.padded_size) + 2 * multiplier * window.out_volume  # per channel
     for bands in (_bands(window), _bands(window, tiled=True)):
         per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
         flat = bands.tiles * bands.region + bands.slack()
