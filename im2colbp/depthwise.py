@@ -207,14 +207,17 @@ def _sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
         return taps
     multiplier = c_out // max(geometry.groups, 1)
     largest = math.prod(window.padded_size) + 2 * multiplier * window.out_volume  # per channel
-    for bands in (_bands(window), _bands(window, tiled=True)):
-        per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
-        flat = bands.tiles * bands.region + bands.slack()
-        staged = bands.tiles * bands.rows * bands.outputs * multiplier  # uneven rows, tiles
-        extended = window.padded_size[0] * bands.extended if bands.tiles > 1 else 0
-        # input regions, the phases' δ/y, one dA_p (untiled input gradient), staging
-        largest = max(largest, flat + bands.phases * per_phase + bands.slots * bands.run
-                      + staged + extended)
+    bands = _bands(window, tiled=True)
+    per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
+    flat = bands.tiles * bands.region + bands.slack()
+    staged = bands.tiles * bands.rows * bands.outputs * multiplier  # uneven rows, tiles
+    extended = 0
+    if bands.tiles > 1:  # the padded rows the tiles are cut from (and folded back into)
+        core = bands.outputs * bands.inner_stride
+        extended = window.padded_size[0] * (bands.tiles + -(-bands.width // core)) * core
+    # input regions, the phases' δ/y, one dA_p (input gradient), staging
+    largest = max(largest, flat + bands.phases * per_phase + bands.tiles * bands.slots
+                  * bands.run + staged + extended)
     return c * largest * itemsize
 
 
@@ -238,8 +241,8 @@ def _fixed_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     if _bands(window) is None:
         return 0
     multiplier = geometry.out_channels // max(geometry.groups, 1)
-    largest = max(bands.run * multiplier * bands.outputs
-                  for bands in (_bands(window), _bands(window, tiled=True)))
+    bands = _bands(window, tiled=True)
+    largest = bands.run * multiplier * bands.outputs
     return 3 * geometry.in_channels * largest * itemsize
 
 
@@ -319,6 +322,33 @@ def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.d
     target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
     target[...] = tiles.transpose(0, 1, 3, 2, 4)
     return flat
+
+
+def _unload(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int,
+            dtype: np.dtype) -> np.ndarray:
+    """Adjoint of :func:`_load`'s layout: the gradient w.r.t. the padded input (C, n, *padded)
+    from the regions' gradient in ``flat`` (a view into ``flat`` or into a scratch)."""
+    if bands.tiles == 1:
+        return _padded_view(flat, window, bands, n)
+    channels = flat.shape[0]
+    p_h, p_w = window.padded_size
+    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+    pieces = -(-bands.width // core)
+    extended = scratch("depthwise_extended", (channels, n, p_h, (bands.tiles + pieces) * core),
+                       dtype)
+    extended[...] = 0
+    data = p_h * bands.width
+    regions = flat[:, :n * bands.tiles * bands.region].reshape(channels, n, bands.tiles,
+                                                                 bands.region)
+    tiles = regions[..., :data].reshape(channels, n, bands.tiles, p_h, bands.width)
+    tiles = tiles.transpose(0, 1, 3, 2, 4)  # (C, n, P_h, tiles, width)
+    for piece in range(pieces):  # columns [piece·core, ...) of tile t land at (t + piece)·core
+        start = piece * core
+        length = min(core, bands.width - start)
+        target = extended[..., start:start + bands.tiles * core].reshape(
+            channels, n, p_h, bands.tiles, core)
+        target[..., :length] += tiles[..., start:start + length]
+    return extended[..., :p_w]
 
 
 def _rows(array: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -649,7 +679,7 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
     if _transposition_serves(geometry, weight):
         return _input_gradient_by_transposition(geometry, weight, dy, dtype, samples_per_chunk,
                                                 dx)
-    bands = _bands(window)
+    bands = _bands(window, tiled=True)
     with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
         band_t = None
@@ -659,15 +689,16 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
             n = part.stop - part.start
             if bands is not None:
                 delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
+                samples = n * bands.tiles
                 flat = scratch("depthwise_input",
-                               (channels, n * bands.region + bands.slack()), dtype)
+                               (channels, samples * bands.region + bands.slack()), dtype)
                 flat[...] = 0
-                runs_grad = scratch("depthwise_runs", (channels, n * bands.slots, bands.run),
-                                    dtype)
+                runs_grad = scratch("depthwise_runs",
+                                    (channels, samples * bands.slots, bands.run), dtype)
                 for phase in range(bands.phases):
                     np.matmul(delta[phase], band_t, out=runs_grad)  # dA_p = δ_p · Bᵀ
-                    _runs(flat, bands, phase, n)[...] += runs_grad
-                folded = unpad_add(_padded_view(flat, window, bands, n), window)  # (C, n, *I)
+                    _runs(flat, bands, phase, samples)[...] += runs_grad
+                folded = unpad_add(_unload(flat, window, bands, n, dtype), window)  # (C, n, *I)
                 dx[part] = folded.swapaxes(0, 1)
                 if _finite(dx[part]):
                     continue
