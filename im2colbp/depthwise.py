@@ -40,6 +40,21 @@ Ranks ≥ 3 (and any chunk whose data hold inf/nan, where ``inf·0`` of a band's
 zero would spread NaN along a row) take the *tap loop*: one strided
 multiply-accumulate per kernel offset, exact for every geometry.
 
+Wide rows are cut into tiles of about ``TILE_OUTPUTS`` outputs, each
+lowered as a sample of its own (its columns copied out with the neighbours'
+overlap): ``R`` drops from ``K_1·P_2`` to ``K_1·(T + K_2 - 1)``. At stride 1
+with ``M = 1`` the input gradient is Aggarwal's transposition — the forward
+path on δ padded by ``D·(K-1) - P`` with the flipped kernel — else the
+adjoint above. ``depthwise_forward(..., keep=True)`` hands its loaded input
+to the weight gradient (about x's size, not ∏K times it).
+
+When it beats im2col (float32 forward + both gradients, 2 threads, Xeon with
+AVX-512, shared machine; ``scripts/depthwise_speed.py``, direct / im2col):
+M = 1: 0.45 (1-D, K 9, L 4000), 0.55 (5×5), 0.6-0.8 (3×3 at 28..112 wide),
+1.0 (3×3 at 14×14, 7×7 or stride 2); M = 2: 1.5 (slower). So: use it for
+M = 1 when the last output axis is at least ~20 wide (or rank 1); im2col
+otherwise.
+
 Symbols: N batch, C_in / C_out channels, G groups, M = C_out/G, r rank,
 I input, K kernel, O output, S stride, P padding, D dilation, δ = dL/dy.
 """
