@@ -97,14 +97,15 @@ class ConvContext:
         when ``columns`` are kept.
     weight : ndarray
         The weight in the plan's dtype.
-    columns : KeptColumns or None
-        The forward pass's columns, ``(C_in, prod(K), N, L_s)``.
+    columns : KeptColumns, DepthwiseKept or None
+        The forward pass's columns, ``(C_in, prod(K), N, L_s)``, or the direct
+        depthwise path's loaded input.
     """
 
     plan: ConvPlan
     x: Optional[np.ndarray]
     weight: np.ndarray
-    columns: Optional[engine.KeptColumns] = None
+    columns: Optional[engine.Kept] = None
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -228,7 +229,9 @@ def conv_forward(
     keep = bool(plan.keep_columns.choice)
     y, kept = engine.forward(plan.forward, plan.dtype, call.x, call.weight, keep=keep)
     _add_bias(y, call.bias)
-    saved_x, saved_weight = _snapshot(call, keep_x=kept is None)
+    # kept columns make x unnecessary; the direct path's loaded input serves only
+    # backward in the same dtype, so x stays in the context beside it
+    saved_x, saved_weight = _snapshot(call, keep_x=not isinstance(kept, engine.KeptColumns))
     ctx = ConvContext(plan, saved_x, saved_weight, kept)
     return call.result(y), ctx
 
@@ -270,9 +273,11 @@ def conv(
             repeat the edge sample
         circular
             wrap around periodically (padding may exceed I)
-    method : {'auto', 'im2col', 'winograd'}, optional
+    method : {'auto', 'im2col', 'winograd', 'direct'}, optional
         ``'im2col'``: exactly the taught lowering. ``'winograd'``: Winograd's
-        minimal filtering (3×3 kernels, stride 1, dilation 1). ``'auto'``: any
+        minimal filtering (3×3 kernels, stride 1, dilation 1). ``'direct'``:
+        depthwise convolution (one input channel per group) without columns
+        (banded GEMMs). ``'auto'``: any
         route the library has; :func:`plan_conv` says which and why. A method
         that cannot serve the geometry raises ValueError naming those that can.
 
@@ -565,7 +570,7 @@ def conv_transpose(
         Non-zero modes give the exact adjoint of the convolution with that
         padding: output that lands on the padded border folds back onto the
         samples the border was copied from.
-    method : {'auto', 'im2col', 'winograd'}, optional
+    method : {'auto', 'im2col', 'winograd', 'direct'}, optional
         As for :func:`conv` (the forward of a transposed convolution is the
         input gradient of a convolution, so ``'auto'`` may take the
         channel-transposition route).

@@ -25,10 +25,16 @@ import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .depthwise import (
+    DepthwiseKept,
+    depthwise_forward,
+    depthwise_input_gradient,
+    depthwise_weight_gradient,
+)
 from .kernels import backprop_kernel
 from .lowering import col2im_add, im2col_into, pad_into, unpad_add
 from .plan import PassPlan, Step
@@ -369,6 +375,8 @@ def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) 
     route = step.route.choice
     if route == "col2im":
         return _col2im(step.passes[0], dtype, weight, delta, route)
+    if route == "direct":
+        return _direct_input_gradient(step.passes[0], dtype, weight, delta)
     if route not in ("transposition", "winograd"):
         raise RuntimeError(f"unknown input-gradient route {route!r}")
     fallback = step.fallback
@@ -401,16 +409,22 @@ def _winograd_forward(p: PassPlan, dtype: np.dtype, source: np.ndarray,
     return np.ascontiguousarray(unpad_add(y, p.fold))
 
 
-def forward(step: Step, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
-            keep: bool = False) -> Tuple[np.ndarray, Optional[KeptColumns]]:
-    """``y = conv(source, weight)`` by the step's route (``im2col`` or ``winograd``).
+Kept = Union[KeptColumns, DepthwiseKept]
 
-    ``keep``: return the im2col route's columns for backward (the plan's
-    ``keep_columns``). Winograd falls back to im2col for inf/nan operands.
+
+def forward(step: Step, dtype: np.dtype, source: np.ndarray, weight: np.ndarray, *,
+            keep: bool = False) -> Tuple[np.ndarray, Optional[Kept]]:
+    """``y = conv(source, weight)`` by the step's route (``im2col``, ``winograd``, ``direct``).
+
+    ``keep``: return what the weight gradient can reuse (the im2col route's
+    columns, the direct route's loaded input): the plan's ``keep_columns``.
+    Winograd falls back to im2col for inf/nan operands.
     """
     route = step.route.choice
     if route == "im2col":
         return _product(step.passes[0], dtype, source, weight, keep=keep)
+    if route == "direct":
+        return _direct_forward(step.passes[0], dtype, source, weight, keep)
     if route != "winograd" or step.fallback is None:
         raise RuntimeError(f"unknown forward route {route!r}")
     if not (_all_finite(source) and _all_finite(weight)):
@@ -419,11 +433,15 @@ def forward(step: Step, dtype: np.dtype, source: np.ndarray, weight: np.ndarray,
 
 
 def weight_gradient(step: Step, dtype: np.dtype, source: Optional[np.ndarray],
-                    delta: np.ndarray, kept: Optional[KeptColumns] = None) -> np.ndarray:
+                    delta: np.ndarray, kept: Optional[Kept] = None) -> np.ndarray:
     """``dW`` by the step's route; ``kept`` columns (im2col route) replace ``source``."""
     route = step.route.choice
     if route == "im2col":
-        return _weight_gradient(step.passes[0], dtype, source, delta, kept)
+        columns = kept if isinstance(kept, KeptColumns) else None
+        return _weight_gradient(step.passes[0], dtype, source, delta, columns)
+    if route == "direct":
+        loaded = kept if isinstance(kept, DepthwiseKept) and kept.flat.dtype == dtype else None
+        return _direct_weight_gradient(step.passes[0], dtype, source, delta, loaded)
     if route != "winograd" or step.fallback is None or source is None:
         raise RuntimeError(f"unknown weight-gradient route {route!r} or no source")
     if not (_all_finite(source) and _all_finite(delta)):
@@ -437,3 +455,33 @@ def _winograd_weight_gradient(p: PassPlan, dtype: np.dtype, source: np.ndarray,
     _note(p, "winograd")
     return winograd_weight_gradient(p.geometry, source, delta, tile=p.tile, dtype=dtype,
                                     samples_per_chunk=p.samples_per_chunk)
+
+
+@_scoped
+def _direct_forward(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarray,
+                    keep: bool) -> Tuple[np.ndarray, Optional[Kept]]:
+    _note(p, "direct")
+    if keep:
+        y, kept = depthwise_forward(p.geometry, source, weight, dtype=dtype,
+                                    samples_per_chunk=p.samples_per_chunk, keep=True)
+        return y, kept
+    return depthwise_forward(p.geometry, source, weight, dtype=dtype,
+                             samples_per_chunk=p.samples_per_chunk), None
+
+
+@_scoped
+def _direct_input_gradient(p: PassPlan, dtype: np.dtype, weight: np.ndarray,
+                           delta: np.ndarray) -> np.ndarray:
+    _note(p, "direct")
+    return depthwise_input_gradient(p.geometry, weight, delta, dtype=dtype,
+                                    samples_per_chunk=p.samples_per_chunk)
+
+
+@_scoped
+def _direct_weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
+                            delta: np.ndarray, kept: Optional[DepthwiseKept]) -> np.ndarray:
+    _note(p, "direct")
+    if source is None:
+        raise RuntimeError("the direct weight gradient needs the forward input")
+    return depthwise_weight_gradient(p.geometry, source, delta, dtype=dtype,
+                                     samples_per_chunk=p.samples_per_chunk, kept=kept)
