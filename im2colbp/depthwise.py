@@ -63,12 +63,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .geometry import ConvGeometry, WindowGeometry, conv_geometry
+from .geometry import ConvGeometry, Pairs, WindowGeometry, conv_geometry
 from .lowering import pad_into, unpad_add
 from .workspace import chunk_slices, scratch, scratch_scope
 
@@ -218,11 +218,11 @@ def _sample_bytes(geometry: ConvGeometry, itemsize: int) -> int:
     c, c_out = geometry.in_channels, geometry.out_channels
     # the tap loop (ranks >= 3, chunks with inf/nan): padded input or its gradient, a product
     taps = (c * math.prod(window.padded_size) + 2 * c_out * window.out_volume) * itemsize
-    if _bands(window) is None:
+    bands = _bands(window, tiled=True)  # None exactly where the untiled layout is None
+    if bands is None:
         return taps
     multiplier = c_out // max(geometry.groups, 1)
     largest = math.prod(window.padded_size) + 2 * multiplier * window.out_volume  # per channel
-    bands = _bands(window, tiled=True)
     per_phase = bands.tiles * bands.slots * multiplier * bands.outputs
     flat = bands.tiles * bands.region + bands.slack()
     staged = bands.tiles * bands.rows * bands.outputs * multiplier  # uneven rows, tiles
@@ -252,11 +252,10 @@ def depthwise_fixed_bytes(geometry: ConvGeometry, itemsize: int) -> int:
 
 
 def _fixed_bytes(geometry: ConvGeometry, itemsize: int) -> int:
-    window = geometry.window
-    if _bands(window) is None:
+    bands = _bands(geometry.window, tiled=True)
+    if bands is None:
         return 0
     multiplier = geometry.out_channels // max(geometry.groups, 1)
-    bands = _bands(window, tiled=True)
     largest = bands.run * multiplier * bands.outputs
     return 3 * geometry.in_channels * largest * itemsize
 
@@ -382,6 +381,7 @@ def _rows(array: np.ndarray, window: WindowGeometry, bands: _Bands, channels: in
 def _staged_part(rows: np.ndarray, window: WindowGeometry) -> np.ndarray:
     """The part of a staged (n, C, M, J, tiles, T) scratch that holds (n, C·M, *O)."""
     n, channels, multiplier = rows.shape[:3]
+    view: np.ndarray
     if window.rank == 2:
         view = rows.reshape(n, channels * multiplier, rows.shape[3], -1)
     else:
@@ -430,7 +430,8 @@ def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
 # --------------------------------------------------------------------------
 # the tap loop: one strided multiply-accumulate per kernel offset (any rank)
 # --------------------------------------------------------------------------
-def _tap_slices(window: WindowGeometry):
+def _tap_slices(window: WindowGeometry
+                ) -> Iterator[Tuple[Tuple[int, ...], Tuple[slice, ...]]]:
     for offset in np.ndindex(*window.kernel_size):
         yield offset, tuple(
             slice(k * d, k * d + (o - 1) * s + 1, s)
@@ -522,8 +523,27 @@ def _check(geometry: ConvGeometry) -> None:
         raise ValueError(f"the direct depthwise path cannot serve this geometry: {why}")
 
 
+@overload
 def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
-                      dtype: DTypeLike, samples_per_chunk: int, keep: bool = False):
+                      dtype: DTypeLike, samples_per_chunk: int,
+                      keep: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
+                      dtype: DTypeLike, samples_per_chunk: int,
+                      keep: Literal[True]) -> Tuple[np.ndarray, Optional[DepthwiseKept]]: ...
+
+
+@overload
+def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
+                      dtype: DTypeLike, samples_per_chunk: int, keep: bool = ...
+                      ) -> Union[np.ndarray, Tuple[np.ndarray, Optional[DepthwiseKept]]]: ...
+
+
+def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, *,
+                      dtype: DTypeLike, samples_per_chunk: int, keep: bool = False
+                      ) -> Union[np.ndarray, Tuple[np.ndarray, Optional[DepthwiseKept]]]:
     """The depthwise convolution ``y = conv(x, w, groups=C_in)``, without columns.
 
     Parameters
@@ -562,7 +582,7 @@ def depthwise_forward(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray,
     dtype = np.dtype(dtype)
     window = geometry.window
     y = np.empty((geometry.batch, geometry.out_channels) + window.out_size, dtype)
-    kept = None
+    kept: Optional[DepthwiseKept] = None
     bands = _bands(window, tiled=True)
     if keep and bands is not None and not _empty(geometry):
         size = bands.tiles * bands.region
@@ -589,6 +609,8 @@ def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dty
         for part in chunk_slices(geometry.batch, samples_per_chunk):
             n = part.stop - part.start
             if bands is not None:
+                if band is None:
+                    raise RuntimeError("banded layout without its band matrix")
                 flat = _load(x[part], window, bands, dtype, "depthwise_input",
                              None if kept is None else _sample_slice(kept.flat, bands, part))
                 gemm = scratch("depthwise_delta", (bands.phases, channels,
@@ -605,7 +627,7 @@ def _forward_into(geometry: ConvGeometry, x: np.ndarray, weight: np.ndarray, dty
     return y
 
 
-def _transposition_pairs(geometry: ConvGeometry):
+def _transposition_pairs(geometry: ConvGeometry) -> Pairs:
     window = geometry.window
     return window.transposition_padding(padded_input=window.padding_mode != "zeros")
 
@@ -644,10 +666,14 @@ def _input_gradient_by_transposition(geometry: ConvGeometry, weight: np.ndarray,
     flipped = np.ascontiguousarray(np.flip(weight, axis=spatial), dtype=dtype)
     if window.padding_mode == "zeros":  # dx is the forward of δ itself
         backward = _transposition_geometry(geometry)
+        if backward is None:
+            raise RuntimeError("transposition geometry missing where it was found to serve")
         return _forward_into(backward, dy, flipped, dtype, samples_per_chunk, dx)
     for part in chunk_slices(geometry.batch, samples_per_chunk):
         n = part.stop - part.start
         backward = _transposition_geometry(geometry, n)
+        if backward is None:
+            raise RuntimeError("transposition geometry missing where it was found to serve")
         grad = depthwise_forward(backward, dy[part], flipped, dtype=dtype,
                                  samples_per_chunk=n)  # (n, C, *padded)
         dx[part] = unpad_add(grad, window)
@@ -697,12 +723,14 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
     bands = _bands(window, tiled=True)
     with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
-        band_t = None
+        band_t: Optional[np.ndarray] = None
         if bands is not None:
             band_t = _band_matrix(bands, weight, channels, multiplier, dtype).transpose(0, 2, 1)
         for part in chunk_slices(geometry.batch, samples_per_chunk):
             n = part.stop - part.start
             if bands is not None:
+                if band_t is None:
+                    raise RuntimeError("banded layout without its band matrix")
                 delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
                 samples = n * bands.tiles
                 flat = scratch("depthwise_input",

@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .calls import geometry_kwargs
+from .depthwise import depthwise_fixed_bytes, depthwise_reason_not, depthwise_sample_bytes
 from .geometry import (
     ConvGeometry,
     IntOrTuple,
@@ -51,7 +52,6 @@ from .geometry import (
     conv_transpose_geometry,
 )
 from .wide_lowering import MAX_WASTE, WideLayout, wide_layout
-from .depthwise import depthwise_fixed_bytes, depthwise_reason_not, depthwise_sample_bytes
 from .winograd import winograd_fixed_bytes, winograd_reason_not, winograd_sample_bytes
 from .workspace import get_workspace_limit, samples_per_chunk
 

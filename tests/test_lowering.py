@@ -233,8 +233,15 @@ def test_circular_padding_through_conv_is_its_period_sum():
     and its input gradient (every border sample folds back onto its source)."""
     x = np.array([[[1.0, 2.0]]])
     w = np.ones((1, 1, 1))
+    for method in ("auto", "im2col", "direct"):  # plan once (cached); count the work after
+        ib.conv(x, w, padding=10**6, padding_mode="circular", method=method)
+        ib.conv_grad_input(np.ones((1, 1, 2 * 10**6 + 2)), w, x.shape, padding=10**6,
+                           padding_mode="circular", method=method)
     y, _ = _python_lines(lambda: ib.conv(x, w, padding=10**6, padding_mode="circular"),
                          PACKAGE_DIR, 5000)
+    y_taught, _ = _python_lines(lambda: ib.conv(x, w, padding=10**6, padding_mode="circular",
+                                                method="im2col"), PACKAGE_DIR, 5000)
+    np.testing.assert_array_equal(y, y_taught)
     np.testing.assert_array_equal(y[0, 0, :4], [1, 2, 1, 2])
     assert y.shape == (1, 1, 2 * 10**6 + 2)
     dx, _ = _python_lines(

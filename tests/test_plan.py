@@ -50,8 +50,7 @@ def test_every_method_matches_reference(case, seed, method):
     assert plan.method == method
     ran = [route for _, route, _, _ in passes]
     # forward, then backward's weight gradient and input gradient, by the plan's routes
-    expected_first = "winograd" if method == "winograd" else "im2col"
-    assert ran[0] == expected_first and ran[1] == expected_first
+    assert ran[0] == plan.forward.route.choice and ran[1] == plan.weight_gradient.route.choice
     assert ran[2] in (plan.input_gradient.route.choice, "col2im")  # col2im: inf/nan fallback
     if method == "im2col":
         assert set(ran) == {"im2col", "col2im"} and plan.input_gradient.route.choice == "col2im"
@@ -149,6 +148,69 @@ def test_winograd_method_matches_reference(case, seed, limit):
                                    atol=tolerance * (float(np.abs(y_t).max(initial=0)) + 1) * 9)
 
 
+@st.composite
+def depthwise_cases(draw):
+    """Geometries the direct path serves: one input channel per group; the rest drawn."""
+    rank = draw(st.integers(1, 3))
+    channels = draw(st.integers(1, 4))
+    multiplier = draw(st.integers(1, 3))
+    batch = draw(st.integers(0, 3))
+    sizes = tuple(draw(st.integers(1, (30, 24, 6)[rank - 1])) for _ in range(rank))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    padding = draw(st.sampled_from(["same", "valid"]) | st.tuples(
+        *[st.tuples(st.integers(0, 3), st.integers(0, 3)) for _ in range(rank)]))
+    mode = draw(st.sampled_from(PADDING_MODES))
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=channels,
+              padding_mode=mode)
+    shapes = (batch, channels) + sizes, (channels * multiplier, 1) + kernel
+    try:
+        conv_geometry(*shapes, **kw)
+    except ValueError:
+        assume(False)
+    return shapes + (kw, draw(st.sampled_from([np.float32, np.float64])))
+
+
+@given(depthwise_cases(), st.integers(0, 2**32 - 1), st.sampled_from(["direct", "auto"]),
+       st.integers(1, 10**5))
+def test_direct_method_matches_reference(case, seed, method, limit):
+    """method='direct' (and auto where it picks it) end to end, forward and gradients."""
+    input_shape, weight_shape, kw, dtype = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(input_shape).astype(dtype)
+    w = rng.standard_normal(weight_shape).astype(dtype)
+    b = rng.standard_normal(weight_shape[0]).astype(dtype)
+    with ib.workspace_limit(limit), record_passes() as passes:
+        y, ctx = ib.conv_forward(x, w, b, method=method, **kw)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        grads = ib.conv_backward(dy, ctx)
+    routes = {route for _, route, _, _ in passes}
+    assert routes == ({"direct"} if ctx.plan.forward.route.choice == "direct"
+                      else routes - {"direct"})
+    if method == "direct":
+        assert routes == {"direct"}
+    dx_ref = reference.conv_grad_input(dy, w, x.shape, **kw)
+    dw_ref = reference.conv_grad_weight(dy, x, w.shape, **kw)
+    y_ref = reference.conv(x, w, b, **kw)
+    assert_close(y, y_ref, scale=_scale(y_ref) * w[0].size)
+    assert_close(grads.input, dx_ref, scale=_scale(dx_ref) * w.shape[0])
+    assert_close(grads.weight, dw_ref, scale=_scale(dw_ref) * max(y.size, 1))
+
+
+def test_auto_takes_the_direct_path_by_the_measured_rule():
+    takes = ib.plan_conv((8, 128, 28, 28), (128, 1, 3, 3), padding=1, groups=128)
+    assert [s.route.choice for s in takes.steps] == ["direct"] * 3
+    for shape, weight, kw in [((8, 128, 14, 14), (128, 1, 3, 3), dict(padding=1)),  # narrow
+                              ((8, 64, 28, 28), (128, 1, 3, 3), dict(padding=1)),  # M = 2
+                              ((8, 64, 28, 28), (64, 1, 3, 3), dict(stride=2)),
+                              ((2, 8, 8, 8, 8), (8, 1, 3, 3, 3), {})]:  # rank 3
+        plan = ib.plan_conv(shape, weight, groups=shape[1], **kw)
+        assert plan.forward.route.choice == "im2col", shape
+    with pytest.raises(ValueError, match="method='direct' cannot serve.*not depthwise"):
+        ib.plan_conv((1, 4, 8, 8), (4, 2, 3, 3), groups=2, method="direct")
+
+
 def test_winograd_falls_back_for_non_finite_operands():
     """A Winograd tile mixes its inputs: an inf would spread nan over the tile. The
     plan's im2col fallback keeps IEEE semantics (inf only where a window reads it)."""
@@ -163,7 +225,7 @@ def test_winograd_falls_back_for_non_finite_operands():
 
 def test_winograd_is_named_where_it_cannot_serve():
     with pytest.raises(ValueError, match=r"method='winograd' cannot serve this geometry: "
-                                         r"winograd needs stride 1.*'auto', 'im2col'$"):
+                                         r"winograd needs stride 1.*'auto', 'im2col', 'direct'$"):
         ib.plan_conv((1, 1, 8, 8), (1, 1, 3, 3), stride=2, method="winograd")
     with pytest.raises(ValueError, match="kernel"):
         ib.conv_grad_weight(np.ones((1, 1, 4, 4)), np.ones((1, 1, 8, 8)), (1, 1, 5, 5),
@@ -263,7 +325,7 @@ def test_forward_keeps_columns_only_under_the_cap_whatever_n(n_bytes, expected, 
     kernel = 3 * 3
     side = int((n_bytes / (8 * kernel)) ** 0.5)  # float64 columns of one 1-channel sample
     shape = (1, 1, side, side) if batched else (1, side, side)
-    _, ctx = ib.conv_forward(np.ones(shape), np.ones((1, 1, 3, 3)), padding=1)
+    _, ctx = ib.conv_forward(np.ones(shape), np.ones((1, 1, 3, 3)), padding=1, method="im2col")
     assert (ctx.columns is not None) == expected == ctx.plan.keep_columns.choice
     if expected:
         assert ctx.columns.cols.nbytes <= KEEP_COLUMNS_BYTES
@@ -305,7 +367,9 @@ def _nbytes(result) -> int:
     if isinstance(result, np.ndarray):
         return result.nbytes
     if isinstance(result, ib.ConvContext):
-        arrays = [result.x, result.weight, None if result.columns is None else result.columns.cols]
+        kept = result.columns
+        arrays = [result.x, result.weight,
+                  None if kept is None else getattr(kept, "cols", getattr(kept, "flat", None))]
         return sum(a.nbytes for a in arrays if a is not None)
     if isinstance(result, tuple):
         return sum(_nbytes(item) for item in result if item is not None)
@@ -325,8 +389,11 @@ def _one_sample_bound(plan) -> int:
         assert p.sample_bytes <= 2 * columns + 4 * sizes
         # Winograd's transformed weights (α^r of them, U and dU) and its block buffers,
         # which it sizes to the workspace limit
-        assert p.fixed_bytes <= 4 * weights + (2 * 6**g.rank * weights + plan.workspace_limit
-                                               if p.tile else 0)
+        # the direct path's banded matrices (a weight row per padded input row)
+        extra = (2 * 6**g.rank * weights + plan.workspace_limit if p.tile
+                 else 4 * weights * int(np.prod(g.window.padded_size)) if p.kind[:6] == "direct"
+                 else 0)
+        assert p.fixed_bytes <= 4 * weights + extra
     return max(p.sample_bytes + p.fixed_bytes for p in passes)
 
 
@@ -430,15 +497,16 @@ def test_release_scratch_reports_and_frees():
 # contexts hold forward's values
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 2, 64])  # kept columns (small) and rebuilt (large)
-@pytest.mark.parametrize("method", METHODS)
-def test_in_place_edits_after_forward_do_not_change_gradients(batch, method):
+@pytest.mark.parametrize("method, groups", [(m, 1) for m in ("auto", "im2col", "winograd")]
+                         + [("direct", 3), ("auto", 3)])
+def test_in_place_edits_after_forward_do_not_change_gradients(batch, method, groups):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((batch, 3, 40, 40))
-    w = rng.standard_normal((4, 3, 3, 3))
-    y, ctx = ib.conv_forward(x, w, padding=1, method=method)
+    w = rng.standard_normal((3 if groups == 3 else 4, 3 // groups, 3, 3))
+    y, ctx = ib.conv_forward(x, w, padding=1, groups=groups, method=method)
     dy = rng.standard_normal(y.shape)
-    expected_dw = reference.conv_grad_weight(dy, x, w.shape, padding=1)
-    expected_dx = reference.conv_grad_input(dy, w, x.shape, padding=1)
+    expected_dw = reference.conv_grad_weight(dy, x, w.shape, padding=1, groups=groups)
+    expected_dx = reference.conv_grad_input(dy, w, x.shape, padding=1, groups=groups)
     x_before, w_before = x.copy(), w.copy()
     x *= -7.0
     w += 100.0
