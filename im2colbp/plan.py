@@ -472,10 +472,15 @@ def _transposition_blocker(geometry: ConvGeometry) -> Optional[str]:
     return None
 
 
-def _transposition_geometry(geometry: ConvGeometry) -> ConvGeometry:
-    """The stride-1 convolution of δ that gives dx (see :func:`_transposition_blocker`)."""
+def _transposition_geometry(geometry: ConvGeometry,
+                            padded_input: Optional[bool] = None) -> ConvGeometry:
+    """The stride-1 convolution of δ that gives dx (see :func:`_transposition_blocker`);
+    with ``padded_input`` (default: for non-zero padding modes) the gradient w.r.t. the
+    padded input, to be folded back through the forward padding."""
     window = geometry.window
-    pairs = window.transposition_padding(padded_input=window.padding_mode != "zeros")
+    if padded_input is None:
+        padded_input = window.padding_mode != "zeros"
+    pairs = window.transposition_padding(padded_input=padded_input)
     kernel_shape = (geometry.in_channels, geometry.out_channels // geometry.groups)
     return conv_geometry(
         (geometry.batch, geometry.out_channels) + window.out_size,
@@ -531,11 +536,8 @@ def _winograd_adjoint_step(operation: str, geometry: ConvGeometry, itemsize: int
     (zeros mode, P <= 2), else by 2 with the border folded back through the padding."""
     window = geometry.window
     direct = window.padding_mode == "zeros" and _transposition_blocker(geometry) is None
-    pairs = window.transposition_padding(padded_input=not direct)
-    backward = conv_geometry(
-        (geometry.batch, geometry.out_channels) + window.out_size,
-        (geometry.in_channels, geometry.out_channels // geometry.groups) + window.kernel_size,
-        stride=1, padding=pairs, groups=geometry.groups)
+    backward = _transposition_geometry(geometry, padded_input=not direct)
+    pairs = backward.window.padding
     route = Decision("winograd", (
         f"Winograd's forward on the stride-1 convolution of δ padded by {pairs} with the "
         "channel-swapped, flipped kernel" + ("" if direct else ", folded back through the "
