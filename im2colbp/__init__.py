@@ -33,6 +33,7 @@ from .layer import (
 from .lowering import col2im, im2col
 from .memory import AllocationError, get_memory_limit, memory_limit
 from .operators import conv_operator, im2col_operator
+from .parallel import get_thread_limit, set_thread_limit, thread_limit
 from .plan import ConvPlan, plan_conv
 from .transposition import (
     backprop_kernel,
@@ -83,6 +84,7 @@ __all__ = [
     "conv_transpose_backward",
     "conv_transpose_forward",
     "get_memory_limit",
+    "get_thread_limit",
     "get_workspace_limit",
     "im2col",
     "im2col_operator",
@@ -91,7 +93,9 @@ __all__ = [
     "plan_conv",
     "release_scratch",
     "retained_scratch_bytes",
+    "set_thread_limit",
     "set_workspace_limit",
+    "thread_limit",
     "workspace_limit",
     "zero_insert",
 ]

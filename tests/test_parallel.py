@@ -1,0 +1,100 @@
+"""parallel_for: every item once, in slabs, errors raised, context and nesting respected."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import im2colbp as ib
+from im2colbp import parallel
+from im2colbp.parallel import MINIMUM_SLAB_BYTES, parallel_for
+
+
+def test_every_item_once_in_contiguous_parts():
+    seen = []
+    lock = threading.Lock()
+    all_three = threading.Barrier(3, timeout=10)  # fails unless three threads run at once
+
+    def work(part):
+        all_three.wait()
+        with lock:
+            seen.append((part.start, part.stop, threading.get_ident()))
+
+    with ib.thread_limit(3):
+        parallel_for(work, 10, 10 * MINIMUM_SLAB_BYTES)
+    parts = sorted((start, stop) for start, stop, _ in seen)
+    assert parts == [(0, 4), (4, 7), (7, 10)]
+    assert len({ident for *_, ident in seen}) == 3  # three threads ran
+
+
+def test_small_work_and_one_thread_run_inline():
+    idents = []
+    parallel_for(lambda part: idents.append((part, threading.get_ident())), 8, 10)
+    assert idents == [(slice(0, 8), threading.get_ident())]
+    idents.clear()
+    with ib.thread_limit(1):
+        parallel_for(lambda part: idents.append(part), 8, 10**9)
+    assert idents == [slice(0, 8)]
+
+
+def test_nested_calls_run_inline_and_context_reaches_workers():
+    inner = []
+
+    def work(part):
+        inner.append(ib.get_workspace_limit())
+        parallel_for(lambda p: inner.append(p), 4, 10**9)
+
+    with ib.thread_limit(2), ib.workspace_limit(12345):
+        parallel_for(work, 2, 10**9)
+    limits = [item for item in inner if isinstance(item, int)]
+    assert limits == [12345, 12345]
+    assert sorted((p.start, p.stop) for p in inner if isinstance(p, slice)) == [(0, 4), (0, 4)]
+
+
+def test_an_error_in_a_worker_is_raised_after_every_part_ends():
+    done = []
+
+    def work(part):
+        if part.start > 0:
+            raise KeyError("worker")
+        done.append(part)
+
+    with ib.thread_limit(2), pytest.raises(KeyError, match="worker"):
+        parallel_for(work, 2, 10**9)
+    assert done == [slice(0, 1)]
+
+
+def test_thread_limit_validates_and_restores():
+    before = ib.get_thread_limit()
+    with pytest.raises(ValueError, match="thread limit"):
+        ib.set_thread_limit(0)
+    with ib.thread_limit(5):
+        assert ib.get_thread_limit() == 5
+    assert ib.get_thread_limit() == before
+
+
+def test_environment_variable_sets_the_default(monkeypatch):
+    monkeypatch.setenv("IM2COLBP_THREADS", "3")
+    assert parallel._default_threads() == 3
+    monkeypatch.setenv("IM2COLBP_THREADS", "many")
+    with pytest.raises(ValueError, match="IM2COLBP_THREADS"):
+        parallel._default_threads()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_thread_count(threads):
+    rng = np.random.default_rng(threads)
+    x = rng.standard_normal((3, 6, 20, 20))
+    w = rng.standard_normal((5, 6, 3, 3))
+    dy = rng.standard_normal((3, 5, 18, 18))
+    with ib.thread_limit(1):
+        y1, ctx1 = ib.conv_forward(x, w)
+        g1 = ib.conv_backward(dy, ctx1)
+    with ib.thread_limit(threads):
+        y, ctx = ib.conv_forward(x, w)
+        g = ib.conv_backward(dy, ctx)
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(g.input, g1.input)
+    np.testing.assert_array_equal(g.weight, g1.weight)
