@@ -25,7 +25,7 @@ import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -37,8 +37,11 @@ from .depthwise import (
 )
 from .kernels import backprop_kernel
 from .lowering import col2im_add, im2col_into, pad_into, unpad_add
+from .parallel import parallel_for
 from .plan import PassPlan, Step
 from .wide_lowering import (
+    WideLayout,
+    garbage_mask,
     merge_phases,
     narrow,
     split_phases_into,
@@ -123,35 +126,100 @@ class _Columns:
     def build(self, source: np.ndarray, cols: np.ndarray) -> None:
         """Columns of ``source`` (n, C_in, *I) into ``cols`` (C_in, prod(K), n, L_s)."""
         n = source.shape[0]
-        if self.layout is not None:
-            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
-            split_phases_into(source, self.layout, rows, self._extended(n))
-            wide_im2col_into(rows, self.layout, self.per_sample_view(cols))
-        else:
-            padded = source
-            if self.window.is_padded:
-                padded = scratch("padded", (n, self.channels) + self.window.padded_size,
-                                 self.dtype)
-                pad_into(source, self.window, padded)
-            im2col_into(padded, self.window, self.per_sample_view(cols))
+        view = self.per_sample_view(cols)
+        layout, window = self.layout, self.window
+        if layout is not None:
+            self.gather(self.stage(source), slice(None), cols)
+            return
+        padded = None
+        if window.is_padded:
+            padded = scratch("padded", (n, self.channels) + window.padded_size, self.dtype)
+
+        def slab(s: slice, c: slice) -> None:
+            part = source[s, c]
+            if padded is not None:
+                pad_into(part, window, padded[s, c])
+                part = padded[s, c]
+            im2col_into(part, window, view[s, c])
+        _in_slabs(slab, n, self.channels, cols.nbytes)
 
     def scatter(self, cols: np.ndarray, dx: np.ndarray) -> None:
         """col2im of ``cols`` (C_in, prod(K), n, L_s) into ``dx`` (n, C_in, *I)."""
         n = dx.shape[0]
-        if self.layout is not None:
-            rows = scratch("rows", (n, self.channels, self.layout.row_length), self.dtype)
-            rows[...] = 0
-            wide_col2im_add(self.per_sample_view(cols), self.layout, rows)
-            dx[...] = merge_phases(rows, self.layout, self._extended(n))
+        view = self.per_sample_view(cols)
+        layout, window = self.layout, self.window
+        if layout is not None:
+            rows = self.zero_rows(n)
+            self.scatter_block(cols, slice(None), rows)
+            self.unstage(rows, dx)
             return
-        if not self.window.is_padded:
-            dx[...] = 0
-            col2im_add(self.per_sample_view(cols), self.window, dx)
+        if not window.is_padded:
+            def slab(s: slice, c: slice) -> None:
+                dx[s, c] = 0
+                col2im_add(view[s, c], window, dx[s, c])
+            _in_slabs(slab, n, self.channels, cols.nbytes)
             return
-        grad_padded = scratch("padded", (n, self.channels) + self.window.padded_size, self.dtype)
-        grad_padded[...] = 0
-        col2im_add(self.per_sample_view(cols), self.window, grad_padded)
-        dx[...] = unpad_add(grad_padded, self.window)
+        grad_padded = scratch("padded", (n, self.channels) + window.padded_size, self.dtype)
+
+        def padded_slab(s: slice, c: slice) -> None:
+            grad_padded[s, c] = 0
+            col2im_add(view[s, c], window, grad_padded[s, c])
+            dx[s, c] = unpad_add(grad_padded[s, c], window)
+        _in_slabs(padded_slab, n, self.channels, cols.nbytes)
+
+    def _wide(self) -> WideLayout:
+        if self.layout is None:
+            raise RuntimeError("a block-by-block pass needs the wide layout")
+        return self.layout
+
+    # the wide layout, piece by piece: a sample's columns can be built (and
+    # scattered back) a block of consecutive wide positions at a time
+    def stage(self, source: np.ndarray) -> np.ndarray:
+        """``source`` (n, C_in, *I) padded and phase-split into rows (n, C_in, row_length)."""
+        layout = self._wide()
+        n = source.shape[0]
+        rows = scratch("rows", (n, self.channels, layout.row_length), self.dtype)
+        extended = self._extended(n)
+
+        def slab(s: slice, c: slice) -> None:
+            split_phases_into(source[s, c], layout, rows[s, c],
+                              None if extended is None else extended[s, c])
+        _in_slabs(slab, n, self.channels, rows.nbytes)
+        return rows
+
+    def gather(self, rows: np.ndarray, positions: slice, cols: np.ndarray) -> None:
+        """The columns of wide ``positions`` into ``cols`` (C_in, prod(K), n, P)."""
+        layout = self._wide()
+        view = cols.transpose(2, 0, 1, 3)  # (n, C_in, prod(K), P)
+        _in_slabs(lambda s, c: wide_im2col_into(rows[s, c], layout, view[s, c], positions),
+                  rows.shape[0], self.channels, cols.nbytes)
+
+    def zero_rows(self, n: int) -> np.ndarray:
+        """Zeroed rows scratch (n, C_in, row_length), for :meth:`scatter_block`."""
+        rows = scratch("rows", (n, self.channels, self._wide().row_length), self.dtype)
+        _zero_in_slabs(rows)
+        return rows
+
+    def scatter_block(self, cols: np.ndarray, positions: slice, rows: np.ndarray) -> None:
+        """Scatter-add ``cols`` (C_in, prod(K), n, P) of wide ``positions`` into ``rows``."""
+        layout = self._wide()
+        view = cols.transpose(2, 0, 1, 3)
+        _in_slabs(lambda s, c: wide_col2im_add(view[s, c], layout, rows[s, c], positions),
+                  rows.shape[0], self.channels, cols.nbytes)
+
+    def unstage(self, rows: np.ndarray, dx: np.ndarray) -> None:
+        """Inverse of :meth:`stage` for gradients: ``dx`` (n, C_in, *I) from ``rows``."""
+        layout = self._wide()
+        extended = self._extended(dx.shape[0])
+
+        def slab(s: slice, c: slice) -> None:
+            dx[s, c] = merge_phases(rows[s, c], layout,
+                                    None if extended is None else extended[s, c])
+        _in_slabs(slab, dx.shape[0], self.channels, rows.nbytes)
+
+    def garbage_in(self, positions: slice) -> np.ndarray:
+        """Boolean mask of the garbage among wide ``positions``."""
+        return garbage_mask(self._wide())[positions]
 
     def _extended(self, n: int) -> Optional[np.ndarray]:
         if self.layout is None or math.prod(self.window.stride) == 1:
@@ -165,11 +233,15 @@ class _Columns:
 
     def to_gemm(self, array: np.ndarray, out: np.ndarray) -> None:
         """``array`` (n, F, *O) into ``out`` (F, n, L_s), zero at wide-only positions."""
-        transposed = array.swapaxes(0, 1)  # (F, n, *O)
-        if self.layout is None:
-            out.reshape(transposed.shape)[...] = transposed
-        else:
-            widen(transposed, self.layout, out)
+        layout = self.layout
+
+        def slab(f: slice) -> None:
+            transposed = array[:, f].swapaxes(0, 1)  # (f, n, *O)
+            if layout is None:
+                out[f].reshape(transposed.shape)[...] = transposed
+            else:
+                widen(transposed, layout, out[f])
+        parallel_for(slab, array.shape[1], out.nbytes)
 
     @property
     def gemm_is_sample_layout(self) -> bool:
@@ -194,6 +266,38 @@ class _Columns:
         else:
             view = narrow(gemm, self.layout)
         return view.swapaxes(0, 1)
+
+
+    def copy_from_gemm(self, gemm: np.ndarray, out: np.ndarray) -> None:
+        """``out`` (n, F, *O) = the true positions of ``gemm`` (F, n, L_s)."""
+        def slab(f: slice) -> None:
+            out[:, f] = self.from_gemm(gemm[f])
+        parallel_for(slab, gemm.shape[0], out.nbytes)
+
+
+def _copy_in_slabs(source: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = source`` (casting), in threads over slabs of the first axis."""
+    def slab(part: slice) -> None:
+        out[part] = source[part]
+    parallel_for(slab, out.shape[0], out.nbytes)
+
+
+def _zero_in_slabs(out: np.ndarray) -> None:
+    """``out[...] = 0``, in threads over slabs of the first axis."""
+    def slab(part: slice) -> None:
+        out[part] = 0
+    parallel_for(slab, out.shape[0], out.nbytes)
+
+
+def _in_slabs(work: Callable[[slice, slice], None], samples: int, channels: int,
+              work_bytes: int) -> None:
+    """``work(samples, channels)`` over slabs of the longer of the two axes, in threads
+    (:func:`~im2colbp.parallel.parallel_for`): every slab writes its own memory."""
+    every = slice(None)
+    if samples >= channels:
+        parallel_for(lambda part: work(part, every), samples, work_bytes)
+    else:
+        parallel_for(lambda part: work(every, part), channels, work_bytes)
 
 
 def _scoped(function):
@@ -251,6 +355,9 @@ def _product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarra
     kept = None
     for part in chunk_slices(g.batch, p.samples_per_chunk):
         n = part.stop - part.start
+        if p.block_positions:  # one sample, its columns a block of positions at a time
+            _product_by_blocks(p, columns, dtype, source[part], w_groups, y[part])
+            continue
         if keep:  # a fresh array: the context owns it, scratch would be overwritten
             cols = np.empty((g.in_channels, window.kernel_volume, n, positions), dtype=dtype)
             kept = KeptColumns(cols, columns.layout is not None)
@@ -270,7 +377,7 @@ def _product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarra
             folded[...] = columns.from_gemm(y_gemm)
             y[part] = unpad_add(folded, p.fold)
         else:
-            y[part] = columns.from_gemm(y_gemm)
+            columns.copy_from_gemm(y_gemm, y[part])
     if kept is not None and kept.wide and not _all_finite(source):
         # garbage positions read real samples: keep inf/nan out of the other taps' dW
         columns.zero_garbage(kept.cols)
@@ -312,12 +419,16 @@ def _weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
              and not _all_finite(source))
     for part in chunk_slices(g.batch, chunk):
         n = part.stop - part.start
+        if p.block_positions and kept is None and source is not None:
+            _weight_gradient_by_blocks(p, columns, dtype, source[part], delta[part], dw_part,
+                                       dw_groups, clean)
+            continue
         if kept is not None and use_kept_as_is:
             cols = kept.cols
         else:
             cols = columns.buffer(n)
             if kept is not None:
-                cols[...] = kept.cols[:, :, part]
+                _copy_in_slabs(kept.cols[:, :, part], cols)
             elif source is not None:
                 columns.build(source[part], cols)
                 if clean:
@@ -348,6 +459,9 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
     clean = columns.layout is not None and not _all_finite(weight)
     for part in chunk_slices(g.batch, p.samples_per_chunk):
         n = part.stop - part.start
+        if p.block_positions:
+            _col2im_by_blocks(p, columns, dtype, w_groups_t, delta[part], dx[part], clean)
+            continue
         delta_gemm = columns.gemm_operand(delta[part], dtype)
         delta_g = delta_gemm.reshape(groups, filters_g, n * positions)  # (G, F, n·L_s)
         cols = columns.buffer(n)
@@ -362,6 +476,72 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
             columns.zero_garbage(cols)
         columns.scatter(cols, dx[part])
     return dx
+
+
+# --------------------------------------------------------------------------
+# the same passes for one sample whose columns come a block of positions at a time
+# --------------------------------------------------------------------------
+def _position_blocks(p: PassPlan, positions: int) -> Iterator[slice]:
+    return chunk_slices(positions, p.block_positions)
+
+
+def _product_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype, source: np.ndarray,
+                       w_groups: np.ndarray, y_part: np.ndarray) -> None:
+    """``y_part`` (1, C_out, *O) = W · cols(source), the columns block by block."""
+    groups, filters_g, rows_g = w_groups.shape
+    positions = columns.positions
+    rows = columns.stage(source)
+    y_gemm = scratch("gemm", (p.geometry.out_channels, 1, positions), dtype)
+    y_groups = y_gemm.reshape(groups, filters_g, positions)
+    for block in _position_blocks(p, positions):
+        width = block.stop - block.start
+        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
+                       dtype)
+        columns.gather(rows, block, cols)
+        np.matmul(w_groups, cols.reshape(groups, rows_g, width), out=y_groups[:, :, block])
+    columns.copy_from_gemm(y_gemm, y_part)
+
+
+def _weight_gradient_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype,
+                               source: np.ndarray, delta: np.ndarray, dw_part: np.ndarray,
+                               dw_groups: np.ndarray, clean: bool) -> None:
+    """``dw_groups += δ · cols(source)ᵀ`` for one sample, the columns block by block."""
+    groups, filters_g, rows_g = dw_part.shape
+    positions = columns.positions
+    delta_g = columns.gemm_operand(delta, dtype).reshape(groups, filters_g, positions)
+    rows = columns.stage(source)
+    for block in _position_blocks(p, positions):
+        width = block.stop - block.start
+        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
+                       dtype)
+        columns.gather(rows, block, cols)
+        if clean:  # inf/nan read at garbage positions must not meet δ = 0 there
+            cols[..., columns.garbage_in(block)] = 0
+        np.matmul(delta_g[:, :, block], cols.reshape(groups, rows_g, width).transpose(0, 2, 1),
+                  out=dw_part)
+        dw_groups += dw_part
+
+
+def _col2im_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype, w_groups_t: np.ndarray,
+                      delta: np.ndarray, dx_part: np.ndarray, clean: bool) -> None:
+    """``dx_part`` (1, C_in, *I) = col2im(Wᵀ · δ), the columns block by block."""
+    groups, rows_g, filters_g = w_groups_t.shape
+    positions = columns.positions
+    delta_g = columns.gemm_operand(delta, dtype).reshape(groups, filters_g, positions)
+    rows = columns.zero_rows(1)
+    for block in _position_blocks(p, positions):
+        width = block.stop - block.start
+        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
+                       dtype)
+        cols_g = cols.reshape(groups, rows_g, width)
+        if filters_g == 1:
+            np.multiply(w_groups_t, delta_g[:, :, block], out=cols_g)
+        else:
+            np.matmul(w_groups_t, delta_g[:, :, block], out=cols_g)
+        if clean:  # Wᵀ·0 at garbage positions is nan for a weight with inf/nan
+            cols[..., columns.garbage_in(block)] = 0
+        columns.scatter_block(cols, block, rows)
+    columns.unstage(rows, dx_part)
 
 
 def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ from .geometry import (
     Padding,
     ShapeLike,
     WindowGeometry,
+    as_int,
     conv_geometry,
     conv_transpose_geometry,
 )
@@ -87,6 +88,10 @@ PREFERRED_CHUNK_BYTES = 8 * 2**20
 #: measured faster than streaming a large kept matrix back from memory.
 KEEP_COLUMNS_BYTES = 16 * 2**20
 
+#: A block of one sample's columns spans at least this many window positions, so
+#: that its GEMM stays wide enough for BLAS to run at speed.
+MIN_BLOCK_POSITIONS = 256
+
 _forced: ContextVar[Tuple[Tuple[str, str], ...]] = ContextVar("im2colbp_forced_choices",
                                                              default=())
 
@@ -95,13 +100,16 @@ _ADJOINT_ROUTES = ("col2im", "transposition")
 
 
 @contextmanager
-def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None) -> Iterator[None]:
+def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None,
+           block_positions: Optional[int] = None) -> Iterator[None]:
     """Force a layout or an input-gradient route in every plan made inside the block.
 
     For tests and experiments that must reach a path ``"auto"`` would not
     choose. ``layout``: ``'plain'`` or ``'wide'`` (the wide layout then ignores
     its waste bound); ``adjoint``: ``'col2im'`` or ``'transposition'`` (the
-    latter only where it can serve: stride 1, paddings within ``D·(K-1)``).
+    latter only where it can serve: stride 1, paddings within ``D·(K-1)``);
+    ``block_positions``: the smallest block of positions a sample's columns
+    may be built in, instead of :data:`MIN_BLOCK_POSITIONS`.
     The plan says "forced" in its reasons.
 
     Examples
@@ -121,6 +129,8 @@ def forced(*, layout: Optional[str] = None, adjoint: Optional[str] = None) -> It
         if adjoint not in _ADJOINT_ROUTES:
             raise ValueError(f"adjoint must be one of {_ADJOINT_ROUTES}, got {adjoint!r}")
         choices["adjoint"] = adjoint
+    if block_positions is not None:
+        choices["block_positions"] = str(as_int(block_positions, "block_positions", 1))
     token = _forced.set(tuple(choices.items()))
     try:
         yield
@@ -175,6 +185,11 @@ class PassPlan:
     tile : int
         For the ``winograd_forward`` / ``winograd_weight_gradient`` passes, m
         of F(m, 3) (per axis); 0 for the lowering's passes.
+    block_positions : int
+        0, or (wide layout, chunks of one sample) the window positions whose
+        columns are built at a time: one sample's columns would exceed the
+        chunk budget, and any run of consecutive wide positions is a slice of
+        every kernel offset's run, so a sample's columns come block by block.
     """
 
     kind: str
@@ -187,6 +202,7 @@ class PassPlan:
     fold: Optional[WindowGeometry] = None
     wide: Optional[WideLayout] = None
     tile: int = 0  # Winograd's m for the winograd passes
+    block_positions: int = 0
 
     @property
     def samples_per_chunk(self) -> int:
@@ -413,11 +429,21 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
     if batch == 0 or c_in == 0 or c_out == 0:
         chunk = Decision(max(batch, 1), "nothing to lower (an empty batch or no channels)")
         return PassPlan(kind, geometry, layout_decision, chunk, 0, 0, 0, fold, layout)
+    budget = min(limit, PREFERRED_CHUNK_BYTES)
+    block = 0
     if whole_batch:
         chunk = Decision(batch, "the whole batch in one chunk, whose columns forward keeps")
+    elif layout is not None and fold is None and positions > 1 and columns * itemsize > budget:
+        smallest = int(dict(_forced.get()).get("block_positions", MIN_BLOCK_POSITIONS))
+        block = max(smallest, positions * budget // (columns * itemsize))
+        block = min(block, positions)
+        sample = (c_in * window.kernel_volume * block + gemm + staging) * itemsize
+        chunk = Decision(1, (
+            f"one sample's columns ({_bytes(columns * itemsize)}) exceed "
+            f"{_bytes(budget)}: they are built {block} of its {positions} positions at a time "
+            f"({_bytes(c_in * window.kernel_volume * block * itemsize)})"))
     else:
-        by_cache = samples_per_chunk(batch, columns * itemsize,
-                                     min(limit, PREFERRED_CHUNK_BYTES))
+        by_cache = samples_per_chunk(batch, columns * itemsize, budget)
         by_limit = samples_per_chunk(batch, sample, limit)
         count = min(by_cache, by_limit)
         if sample > limit:
@@ -425,7 +451,7 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
                    f"limit ({_bytes(limit)}): a chunk of one runs anyway")
         elif count == by_cache and count < batch:
             why = (f"columns of {_bytes(columns * itemsize)} per sample, chunks of at most "
-                   f"{_bytes(min(limit, PREFERRED_CHUNK_BYTES))} of columns stay in cache")
+                   f"{_bytes(budget)} of columns stay in cache")
         elif count < batch:
             why = (f"a working set of {_bytes(sample)} per sample within the workspace "
                    f"limit {_bytes(limit)}")
@@ -434,7 +460,7 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
                    f"({_bytes(batch * columns * itemsize)} of columns)")
         chunk = Decision(count, why)
     return PassPlan(kind, geometry, layout_decision, chunk, sample, columns * itemsize, fixed,
-                    fold, layout)
+                    fold, layout, block_positions=block)
 
 
 def _winograd_pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,

@@ -171,18 +171,30 @@ def merge_phases(rows: np.ndarray, layout: WideLayout,
     return unpad_add(padded, window)
 
 
-def wide_im2col_into(rows: np.ndarray, layout: WideLayout, cols: np.ndarray) -> None:
-    """Fill ``cols`` (n, C, prod(K), L_wide): one contiguous copy per kernel offset."""
-    wide = layout.wide_positions
+def wide_im2col_into(rows: np.ndarray, layout: WideLayout, cols: np.ndarray,
+                     positions: slice = slice(None)) -> None:
+    """Fill ``cols`` (n, C, prod(K), P) with the columns of the wide ``positions``
+    (all L_wide by default, P of them): one contiguous copy per kernel offset."""
+    first, stop, _ = positions.indices(layout.wide_positions)
     for tap, start in enumerate(layout.run_starts):
-        cols[:, :, tap] = rows[:, :, start:start + wide]
+        cols[:, :, tap] = rows[:, :, start + first:start + stop]
 
 
-def wide_col2im_add(cols: np.ndarray, layout: WideLayout, rows: np.ndarray) -> None:
-    """Scatter-add ``cols`` (n, C, prod(K), L_wide) into ``rows``: the adjoint."""
-    wide = layout.wide_positions
+def wide_col2im_add(cols: np.ndarray, layout: WideLayout, rows: np.ndarray,
+                    positions: slice = slice(None)) -> None:
+    """Scatter-add ``cols`` (n, C, prod(K), P) of the wide ``positions`` into
+    ``rows``: the adjoint of :func:`wide_im2col_into`."""
+    first, stop, _ = positions.indices(layout.wide_positions)
     for tap, start in enumerate(layout.run_starts):
-        rows[:, :, start:start + wide] += cols[:, :, tap]
+        rows[:, :, start + first:start + stop] += cols[:, :, tap]
+
+
+def garbage_mask(layout: WideLayout) -> np.ndarray:
+    """Boolean (L_wide,): True at the wide layout's garbage positions."""
+    mask = np.zeros(layout.wide_out, dtype=bool)
+    for index in _garbage_indices(layout):
+        mask[index] = True
+    return mask.reshape(-1)
 
 
 def _garbage_indices(layout: WideLayout):

@@ -538,3 +538,50 @@ def test_each_input_gradient_route_transposed(input_gradient_route, case, seed):
         y, ctx = ib.conv_transpose_forward(x, w, b, **kw)
     assert _adjoint_routes_run(passes) == [ctx.plan.forward.route.choice]
     assert_close(y, expected, scale=_scale(expected) * w[0].size)
+
+
+@given(conv_cases(dtypes=(np.float64, np.float32), ranks=(1, 2, 3), allow_empty=False),
+       st.integers(0, 2**32 - 1), st.integers(1, 7), st.integers(1, 4000))
+def test_a_sample_built_block_by_block_matches_reference(case, seed, block, limit):
+    """One sample's columns beyond the chunk budget come a block of wide positions at a
+    time (forward, weight gradient, col2im): the result is the reference's."""
+    x, w, b = case.arrays(seed)
+    kw = case.call_kwargs
+    with forced(layout="wide", adjoint="col2im", block_positions=block), \
+            ib.workspace_limit(limit), record_passes() as passes:
+        plan = ib.plan_conv(x.shape, w.shape, method="im2col", dtype=case.dtype, **kw)
+        first = plan.forward.passes[0]
+        assume(0 < first.block_positions < first.wide.wide_positions)  # several blocks
+        y, ctx = ib.conv_forward(x, w, b, method="im2col", **kw)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(case.dtype)
+        grads = ib.conv_backward(dy, ctx)
+    assert {kind for kind, *_ in passes} == {"product", "col2im", "weight_gradient"}
+    expected = reference.conv(x, w, b, **kw)
+    assert_close(y, expected, scale=_scale(expected) * w[0].size)
+    dx_ref = reference.conv_grad_input(dy, w, x.shape, **kw)
+    dw_ref = reference.conv_grad_weight(dy, x, w.shape, **kw)
+    assert_close(grads.input, dx_ref, scale=_scale(dx_ref) * w.shape[0])
+    assert_close(grads.weight, dw_ref, scale=_scale(dw_ref) * max(y.size, 1))
+
+
+def test_blocks_keep_garbage_infinities_out():
+    """Blocked weight gradient and col2im zero the wide layout's garbage positions, as the
+    whole-sample passes do: a finite result stays finite next to an inf in x or w."""
+    x = np.ones((1, 1, 6, 6))
+    x[0, 0, :, 5] = np.inf  # read by garbage positions of taps that never see it for real
+    w = np.ones((1, 1, 2, 2))
+    dy = np.ones((1, 1, 5, 5))
+    w_inf = w.copy()
+    w_inf[0, 0, 0, 0] = np.inf
+    with forced(layout="wide", adjoint="col2im", block_positions=1), ib.workspace_limit(8), \
+            np.errstate(invalid="ignore"):
+        plan = ib.plan_conv(x.shape, w.shape, method="im2col")
+        assert plan.weight_gradient.passes[0].block_positions == 1
+        assert plan.input_gradient.passes[0].block_positions == 1
+        dw = ib.conv_grad_weight(dy, x, w.shape, method="im2col")
+        dx = ib.conv_grad_input(dy, w_inf, x.shape, method="im2col")
+        dw_ref = reference.conv_grad_weight(dy, x, w.shape)
+        dx_ref = reference.conv_grad_input(dy, w_inf, x.shape)
+    assert np.isfinite(dw_ref[..., 0]).all() and np.isfinite(dx_ref[..., 0, :]).any()
+    np.testing.assert_array_equal(dw, dw_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
