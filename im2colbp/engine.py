@@ -348,6 +348,9 @@ def _product(p: PassPlan, dtype: np.dtype, source: np.ndarray, weight: np.ndarra
     if _empty(p):
         y[...] = 0
         return y, None
+    if p.layout.choice == "identity":
+        _identity_product(p, dtype, source, _grouped_weight(p, weight), y)
+        return y, None
     columns = _Columns(p, dtype)
     w_groups = _grouped_weight(p, weight)  # (G, F, R)
     groups, filters_g, rows_g = w_groups.shape
@@ -397,6 +400,11 @@ def _weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
     g = p.geometry
     dw = np.zeros(g.weight_shape, dtype=dtype)
     if _empty(p):
+        return dw
+    if p.layout.choice == "identity":
+        if source is None:
+            raise RuntimeError("the weight gradient of a 1×1 convolution needs its source")
+        _identity_weight_gradient(p, dtype, source, delta, dw)
         return dw
     columns = _Columns(p, dtype)
     if kept is not None and kept.wide != (columns.layout is not None):
@@ -451,6 +459,9 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
     if _empty(p):
         dx[...] = 0
         return dx
+    if p.layout.choice == "identity":
+        _identity_col2im(p, dtype, _grouped_weight(p, weight), delta, dx)
+        return dx
     columns = _Columns(p, dtype)
     w_groups_t = _grouped_weight(p, weight).transpose(0, 2, 1)  # (G, R, F)
     groups, rows_g, filters_g = w_groups_t.shape
@@ -476,6 +487,65 @@ def _col2im(p: PassPlan, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray,
             columns.zero_garbage(cols)
         columns.scatter(cols, dx[part])
     return dx
+
+
+# --------------------------------------------------------------------------
+# the identity layout: a 1×1 kernel at stride 1 without padding needs no columns
+# --------------------------------------------------------------------------
+def _operand(array: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``array`` itself when it is C-contiguous in ``dtype``, else a copy in scratch."""
+    if array.dtype == dtype and array.flags.c_contiguous:
+        return array
+    out = scratch(name, array.shape, dtype)
+    _copy_in_slabs(array, out)
+    return out
+
+
+def _per_group(array: np.ndarray, groups: int) -> np.ndarray:
+    """(n, G, C/G, L) view of a contiguous (n, C, *S)."""
+    return array.reshape(array.shape[0], groups, array.shape[1] // groups, -1)
+
+
+def _product_of(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """``out = w @ x`` for (G, F, C) and (n, G, C, L); a broadcast product when C = 1."""
+    if w.shape[-1] == 1:
+        np.multiply(w, x, out=out)
+    else:
+        np.matmul(w, x, out=out)
+
+
+def _identity_product(p: PassPlan, dtype: np.dtype, source: np.ndarray, w_groups: np.ndarray,
+                      y: np.ndarray) -> None:
+    """``y[i] = W · x[i]`` per sample and group, straight into y (N, C_out, *O)."""
+    groups = w_groups.shape[0]
+    for part in chunk_slices(p.geometry.batch, p.samples_per_chunk):
+        x_g = _per_group(_operand(source[part], dtype, "identity.x"), groups)
+        _product_of(w_groups, x_g, _per_group(y[part], groups))
+
+
+def _identity_col2im(p: PassPlan, dtype: np.dtype, w_groups: np.ndarray, delta: np.ndarray,
+                     dx: np.ndarray) -> None:
+    """``dx[i] = Wᵀ · δ[i]`` per sample and group, straight into dx (N, C_in, *I)."""
+    groups = w_groups.shape[0]
+    w_t = w_groups.transpose(0, 2, 1)  # (G, C_in/G, F)
+    for part in chunk_slices(p.geometry.batch, p.samples_per_chunk):
+        delta_g = _per_group(_operand(delta[part], dtype, "identity.delta"), groups)
+        _product_of(w_t, delta_g, _per_group(dx[part], groups))
+
+
+def _identity_weight_gradient(p: PassPlan, dtype: np.dtype, source: np.ndarray,
+                              delta: np.ndarray, dw: np.ndarray) -> None:
+    """``dW = Σ_i δ[i] · x[i]ᵀ``: one GEMM per sample and group, summed into dw."""
+    g = p.geometry
+    groups = g.groups
+    dw_groups = _grouped_weight(p, dw)  # (G, F, C_in/G)
+    dw_part = scratch("weight_grad", dw_groups.shape, dtype)
+    for part in chunk_slices(g.batch, p.samples_per_chunk):
+        x_g = _per_group(_operand(source[part], dtype, "identity.x"), groups)
+        delta_g = _per_group(_operand(delta[part], dtype, "identity.delta"), groups)
+        for x_i, delta_i in zip(x_g, delta_g):  # (G, C/G, L), (G, F, L)
+            np.matmul(delta_i, x_i.transpose(0, 2, 1), out=dw_part)
+            dw_groups += dw_part
 
 
 # --------------------------------------------------------------------------

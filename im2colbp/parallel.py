@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator, List, Optional
 
+import numpy as np
+
 from .geometry import as_int
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "set_thread_limit",
     "thread_limit",
     "parallel_for",
+    "thread_buffer_bytes",
 ]
 
 #: The default thread count is the number of usable CPUs, but at most this.
@@ -48,6 +51,24 @@ MAX_DEFAULT_THREADS = 8
 #: A slab moves at least this many bytes, or the work runs in fewer threads
 #: (a hand-off to a thread costs about as much as copying 64 KiB).
 MINIMUM_SLAB_BYTES = 256 * 2**10
+
+
+def thread_buffer_bytes() -> int:
+    """Bytes NumPy's iteration buffers may take in each extra thread at once.
+
+    A ufunc or copy that has to buffer (a cast, an unaligned or overlapping
+    operand) allocates up to ``np.getbufsize()`` elements per operand while it
+    runs. One thread holds one such set at a time; each further thread of
+    :func:`parallel_for` may hold another, so the extra memory of a call may
+    exceed the workspace limit by ``(threads - 1)`` times this (about 192 KiB).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> thread_buffer_bytes() == np.getbufsize() * 3 * 8
+    True
+    """
+    return np.getbufsize() * 3 * 8  # three operands of at most 8 bytes
 
 
 def _default_threads() -> int:

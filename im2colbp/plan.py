@@ -382,13 +382,18 @@ def _check_serves(method: str, geometry: ConvGeometry) -> None:
                          f"that can: {', '.join(map(repr, serving))}")
 
 
-def _layout(window: WindowGeometry) -> Tuple[Decision, Optional[WideLayout]]:
+def _layout(window: WindowGeometry,
+            identity: bool = True) -> Tuple[Decision, Optional[WideLayout]]:
     forced_layout = dict(_forced.get()).get("layout")
     if forced_layout == "plain":
         return Decision("plain", "forced"), None
     if forced_layout == "wide":
         return Decision("wide", "forced"), wide_layout(window, max_waste=float("inf"))
     positions = window.out_volume
+    if (identity and window.kernel_volume == 1 and not window.is_padded
+            and all(s == 1 for s in window.stride) and window.out_size == window.in_size):
+        return Decision("identity", "a 1×1 kernel at stride 1 without padding: each sample's "
+                                    "columns are the sample itself, no copy"), None
     if window.kernel_volume > positions:
         return Decision("plain", f"more kernel taps ({window.kernel_volume}) than window "
                                  f"positions ({positions}): per-tap runs would be short"), None
@@ -410,7 +415,7 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
           fold: Optional[WindowGeometry] = None, whole_batch: bool = False) -> PassPlan:
     """Size one pass's scratch and chunks (see the engine for the buffers named here)."""
     window = geometry.window
-    layout_decision, layout = _layout(window)
+    layout_decision, layout = _layout(window, identity=fold is None)  # a fold needs columns
     c_in, c_out = geometry.in_channels, geometry.out_channels
     positions = layout.wide_positions if layout is not None else window.out_volume
     columns = c_in * window.kernel_volume * positions
@@ -423,6 +428,10 @@ def _pass(kind: str, geometry: ConvGeometry, itemsize: int, limit: int, *,
         staging = c_in * math.prod(window.padded_size) if window.is_padded else 0
     if fold is not None:
         staging += c_out * window.out_volume  # the chunk's gradient w.r.t. the padded input
+    if layout_decision.choice == "identity":
+        # no columns; y and δ are the GEMM's operands as they are (a cast or a
+        # non-contiguous operand is copied into scratch chunk by chunk)
+        columns, gemm, staging = 0, c_out * positions, c_in * positions
     sample = (columns + gemm + staging) * itemsize
     fixed = math.prod(geometry.weight_shape) * itemsize if kind == "weight_gradient" else 0
     batch = geometry.batch
@@ -704,6 +713,8 @@ def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transpose
         batch_columns = batch * product.column_bytes
         if not keep_for_backward:
             keep = Decision(False, "no backward will follow (conv)")
+        elif product.layout.choice == "identity":
+            keep = Decision(False, "the columns are x itself: backward reads x")
         elif product.column_bytes == 0:
             keep = Decision(False, "no columns to keep (an empty batch or no channels)")
         elif batch_columns > KEEP_COLUMNS_BYTES:

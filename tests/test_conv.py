@@ -585,3 +585,31 @@ def test_blocks_keep_garbage_infinities_out():
     assert np.isfinite(dw_ref[..., 0]).all() and np.isfinite(dx_ref[..., 0, :]).any()
     np.testing.assert_array_equal(dw, dw_ref)
     np.testing.assert_array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("groups, c_in, c_out", [(1, 6, 4), (2, 6, 4), (6, 6, 6), (3, 3, 6)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_pointwise_convolution_needs_no_columns(groups, c_in, c_out, contiguous, rng):
+    """A 1×1 kernel at stride 1 without padding multiplies x itself (the identity layout),
+    per group, including one input or one output channel per group, casts and views."""
+    x = rng.standard_normal((3, 5, 7, c_in)).transpose(0, 3, 1, 2)  # a non-contiguous view
+    if contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)  # and float32 x with a float64 weight
+    w = rng.standard_normal((c_out, c_in // groups, 1, 1))
+    b = rng.standard_normal(c_out)
+    plan = ib.plan_conv(x.shape, w.shape, groups=groups)
+    assert {p.layout.choice for step in (plan.forward, plan.input_gradient,
+                                         plan.weight_gradient) for p in step.passes} == {
+        "identity"}
+    with record_passes() as passes:
+        y, ctx = ib.conv_forward(x, w, b, groups=groups)
+        dy = rng.standard_normal(y.shape)
+        grads = ib.conv_backward(dy, ctx)
+    assert {layout for *_, layout, _ in passes} == {"identity"}
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, reference.conv(x64, w, b, groups=groups), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(grads.input, reference.conv_grad_input(
+        dy, w, x.shape, groups=groups), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads.weight, reference.conv_grad_weight(
+        dy, x64, w.shape, groups=groups), rtol=1e-6, atol=1e-6)
