@@ -178,7 +178,7 @@ CONFIGS: Dict[str, Config] = {
 QUICK_CONFIGS = ("teach", "pointwise", "depthwise", "dilated")
 
 #: Every contender, in table order.
-CONTENDERS = ("ours", "im2col", "floor", "torch", "jax", "direct")
+CONTENDERS = ("ours", "im2col", "winograd", "floor", "torch", "jax", "direct")
 
 #: The direct reference loops in Python over output positions: only up to this many (N·∏O).
 DIRECT_MAX_POSITIONS = 1024
@@ -208,11 +208,18 @@ def available_contenders() -> Dict[str, Optional[str]]:
     reasons: Dict[str, Optional[str]] = {name: None for name in CONTENDERS}
     if not engine_has_method():
         reasons["im2col"] = "this engine has no method= keyword"
+        reasons["winograd"] = "this engine has no method= keyword"
     if not _has_module("torch"):
         reasons["torch"] = "PyTorch is not installed (pip install torch==2.13.0)"
     if not _has_module("jax"):
         reasons["jax"] = "JAX is not installed (pip install 'im2colbp[jax]')"
     return reasons
+
+
+def winograd_applies(config: Config) -> bool:
+    """Whether method='winograd' can serve ``config`` (3-tap kernels, stride 1, dilation 1)."""
+    return (all(k == 3 for k in config.weight_shape[2:]) and set(config.stride) == {1}
+            and set(config.dilation) == {1})
 
 
 def direct_applies(config: Config) -> bool:
@@ -409,6 +416,8 @@ def _setup(kind: str, config: Config, dtype: np.dtype) -> Callable[[], Any]:
         if not engine_has_method():
             raise ValueError("this engine has no method= keyword")
         return _setup_ours(config, dtype, "im2col")
+    if kind == "winograd":
+        return _setup_ours(config, dtype, "winograd")
     if kind == "floor":
         return _setup_floor(config, dtype)
     if kind == "torch":
@@ -458,7 +467,7 @@ def _pin_threads(kind: str, threads: int) -> Dict[str, Any]:
         facts["jax_version"] = jax.__version__
         facts["jaxlib_version"] = getattr(jaxlib, "__version__", "unknown")
         facts["jax_threads"] = os.environ.get("PJRT_NPROC", "unset")
-    if kind in ("ours", "im2col", "direct"):
+    if kind in ("ours", "im2col", "winograd", "direct"):
         import im2colbp  # noqa: F401  (loads SciPy's BLAS too, if the engine uses it)
     if threadpool_limits is not None:
         threadpool_limits(limits=threads)
@@ -771,6 +780,9 @@ def run_suite(configs: Dict[str, Config], *, rounds: int = 11, repeats: int = 3,
                     if kind == "direct" and not direct_applies(result.config):
                         result.notes.setdefault(kind, "too large for the direct reference")
                         continue
+                    if kind == "winograd" and not winograd_applies(result.config):
+                        result.notes.setdefault(kind, "not a 3-tap stride-1 kernel")
+                        continue
                     if kind in result.notes:
                         continue
                     try:
@@ -848,8 +860,8 @@ def _machine_facts(facts: Dict[str, Dict[str, Any]], peak: float, dtype: str,
 # --------------------------------------------------------------------------
 # reporting
 # --------------------------------------------------------------------------
-_LABELS = {"ours": "ours", "im2col": "im2col", "floor": "floor", "torch": "torch",
-           "jax": "jax", "direct": "direct"}
+_LABELS = {"ours": "ours", "im2col": "im2col", "winograd": "winograd", "floor": "floor",
+           "torch": "torch", "jax": "jax", "direct": "direct"}
 
 
 def format_ms(value: Optional[float]) -> str:
@@ -890,7 +902,7 @@ def _columns(report: Report) -> List[Tuple[str, Callable[[ConfigResult], str]]]:
         return cell
 
     for numerator, denominator in (("ours", "floor"), ("ours", "torch"), ("ours", "jax"),
-                                   ("im2col", "floor")):
+                                   ("im2col", "floor"), ("winograd", "floor")):
         if numerator in ran and denominator in ran:
             columns.append((f"{numerator}/{denominator}", ratio_cell(numerator, denominator)))
 
@@ -937,6 +949,8 @@ def _summary(report: Report) -> List[str]:
 _CONTENDER_TEXT = {
     "ours": "im2colbp conv_forward + conv_backward with the engine's default, method auto",
     "im2col": "im2colbp with method im2col: the taught lowering alone",
+    "winograd": "im2colbp with method winograd: F(m, 3) minimal filtering (3-tap stride-1 "
+                "configurations only)",
     "floor": "the three bare GEMMs the lowering needs (Y = W·C, dW = δ·Cᵀ, dC = Wᵀ·δ) on "
              "pre-built matrices, the whole batch in one GEMM per group",
     "torch": "torch.nn.functional.convNd forward + backward() (PyTorch CPU)",
@@ -1053,7 +1067,7 @@ def report_to_json(report: Report) -> dict:
             "cpu_per_wall": {k: r.cpu_per_wall(k) for k in r.samples},
             "ratios": {f"{a}/{b}": r.ratio(a, b) for a, b in (
                 ("ours", "floor"), ("ours", "torch"), ("ours", "jax"), ("im2col", "floor"),
-                ("ours", "direct")) if r.ratio(a, b) is not None},
+                ("winograd", "floor"), ("ours", "direct")) if r.ratio(a, b) is not None},
             "peak_fraction": r.peak_fraction(report.peak_flops),
             "memory": r.memory, "notes": r.notes,
         })
