@@ -419,33 +419,44 @@ def _weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
                       and kept.cols.shape[2] == g.batch)
     if use_kept_as_is:
         chunk = g.batch
-    # The wide layout's garbage positions meet δ = 0: exact zeros unless the
-    # source holds inf/nan, so zero them explicitly then.
     if kept is None and source is None:
         raise RuntimeError("the weight gradient needs the source or the kept columns")
-    clean = (columns.layout is not None and source is not None and kept is None
-             and not _all_finite(source))
-    for part in chunk_slices(g.batch, chunk):
-        n = part.stop - part.start
-        if p.block_positions and kept is None and source is not None:
-            _weight_gradient_by_blocks(p, columns, dtype, source[part], delta[part], dw_part,
-                                       dw_groups, clean)
-            continue
-        if kept is not None and use_kept_as_is:
-            cols = kept.cols
-        else:
-            cols = columns.buffer(n)
-            if kept is not None:
-                _copy_in_slabs(kept.cols[:, :, part], cols)
-            elif source is not None:
-                columns.build(source[part], cols)
-                if clean:
-                    columns.zero_garbage(cols)
-        delta_gemm = columns.gemm_operand(delta[part], dtype)
-        # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
-        np.matmul(delta_gemm.reshape(groups, filters_g, n * positions),
-                  cols.reshape(groups, rows_g, n * positions).transpose(0, 2, 1), out=dw_part)
-        dw_groups += dw_part
+
+    def accumulate(clean: bool) -> None:
+        for part in chunk_slices(g.batch, chunk):
+            n = part.stop - part.start
+            if p.block_positions and kept is None and source is not None:
+                _weight_gradient_by_blocks(p, columns, dtype, source[part], delta[part],
+                                           dw_part, dw_groups, clean)
+                continue
+            if kept is not None and use_kept_as_is:
+                cols = kept.cols
+            else:
+                cols = columns.buffer(n)
+                if kept is not None:
+                    _copy_in_slabs(kept.cols[:, :, part], cols)
+                elif source is not None:
+                    columns.build(source[part], cols)
+                    if clean:
+                        columns.zero_garbage(cols)
+            delta_gemm = columns.gemm_operand(delta[part], dtype)
+            # (G, F, n·L_s) @ (G, n·L_s, R) -> (G, F, R)
+            np.matmul(delta_gemm.reshape(groups, filters_g, n * positions),
+                      cols.reshape(groups, rows_g, n * positions).transpose(0, 2, 1),
+                      out=dw_part)
+            np.add(dw_groups, dw_part, out=dw_groups)
+
+    if columns.layout is None or kept is not None:
+        accumulate(clean=False)
+        return dw
+    # The wide layout's garbage positions meet δ = 0: exact zeros unless the source
+    # holds inf/nan there (then 0·inf = nan). A finite dW proves no garbage position
+    # held any; otherwise compute again with the garbage zeroed (and its warnings).
+    with np.errstate(invalid="ignore", over="ignore"):
+        accumulate(clean=False)
+    if not _all_finite(dw):
+        dw[...] = 0
+        accumulate(clean=True)
     return dw
 
 
