@@ -63,6 +63,8 @@ from im2colbp.geometry import (
     conv_geometry,
     conv_transpose_geometry,
 )
+from im2colbp.plan import _check_method as _method_name
+from im2colbp.plan import _check_serves
 
 __all__ = [
     "conv",
@@ -81,6 +83,11 @@ Ranges = List[Tuple[int, int]]
 # --------------------------------------------------------------------------
 # arrays and dtypes
 # --------------------------------------------------------------------------
+def _check_method(method: Any, geometry: ConvGeometry) -> None:
+    """Refuse, before any task exists, a method the engine cannot run on ``geometry``."""
+    _check_serves(_method_name(method), geometry)
+
+
 def _as_dask(value: Any, name: str) -> da.Array:
     """A Dask array (NumPy and array-likes become one chunk); known chunk sizes only."""
     array = value if isinstance(value, da.Array) else da.asarray(value)
@@ -337,18 +344,19 @@ def _stacked(task: Any, *blocks: np.ndarray) -> np.ndarray:
 
 
 def _conv_block(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], *, stride: Tuple,
-                dilation: Tuple, groups: int, limit: int) -> np.ndarray:
+                dilation: Tuple, groups: int, limit: int, method: str) -> np.ndarray:
     """One output block: the core's convolution of an already padded, halo'd block."""
     with ib.workspace_limit(limit):
-        return ib.conv(x, w, b, stride=stride, padding=0, dilation=dilation, groups=groups)
+        return ib.conv(x, w, b, stride=stride, padding=0, dilation=dilation, groups=groups,
+                       method=method)
 
 
 def _grad_weight_block(dy: np.ndarray, x: np.ndarray, *, weight_shape: Tuple, stride: Tuple,
-                       dilation: Tuple, groups: int, limit: int) -> np.ndarray:
+                       dilation: Tuple, groups: int, limit: int, method: str) -> np.ndarray:
     """One block's share of dW: the core's weight gradient of a halo'd, padded block."""
     with ib.workspace_limit(limit):
         return ib.conv_grad_weight(dy, x, weight_shape, stride=stride, padding=0,
-                                   dilation=dilation, groups=groups)
+                                   dilation=dilation, groups=groups, method=method)
 
 
 def _grad_bias_block(dy: np.ndarray) -> np.ndarray:
@@ -357,7 +365,7 @@ def _grad_bias_block(dy: np.ndarray) -> np.ndarray:
 
 def _grad_input_block(dy: np.ndarray, w: np.ndarray, reads: Tuple, cores: Tuple, *,
                       in_channels: int, stride: Tuple, dilation: Tuple, groups: int,
-                      extents: Tuple, limit: int) -> np.ndarray:
+                      extents: Tuple, limit: int, method: str) -> np.ndarray:
     """The padded-input gradient on one core range, from the δ rows that reach it.
 
     ``reads[a] = (lo, hi)``: the outputs whose windows touch the core
@@ -368,7 +376,8 @@ def _grad_input_block(dy: np.ndarray, w: np.ndarray, reads: Tuple, cores: Tuple,
     local_size = tuple((hi - lo - 1) * s + e for (lo, hi), s, e in zip(reads, stride, extents))
     with ib.workspace_limit(limit):
         local = ib.conv_grad_input(dy, w, (dy.shape[0], in_channels) + local_size,
-                                   stride=stride, padding=0, dilation=dilation, groups=groups)
+                                   stride=stride, padding=0, dilation=dilation, groups=groups,
+                                   method=method)
     out = np.zeros((dy.shape[0], in_channels) + tuple(b - a for a, b in cores), dtype=local.dtype)
     target, origin = [slice(None)] * 2, [slice(None)] * 2
     for (lo, _), (start, stop), s, size in zip(reads, cores, stride, local_size):
@@ -390,7 +399,7 @@ def _extents(geometry: ConvGeometry) -> Tuple[int, ...]:
 
 
 def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
-                    dtype: np.dtype, token: str) -> da.Array:
+                    dtype: np.dtype, token: str, method: str) -> da.Array:
     """Gradient w.r.t. the (batched) input of the convolution ``geometry``, lazily.
 
     δ keeps its batch and spatial chunks; padded-input chunk i is the core
@@ -419,7 +428,7 @@ def _input_gradient(dyb: da.Array, w: da.Array, geometry: ConvGeometry,
     task = functools.partial(
         _grad_input_block, in_channels=geometry.in_channels, stride=window.stride,
         dilation=window.dilation, groups=geometry.groups, extents=extents,
-        limit=ib.get_workspace_limit(),
+        limit=ib.get_workspace_limit(), method=method,
     )
 
     def where(block):
@@ -448,12 +457,13 @@ def conv(
     x: Any,
     weight: Any,
     bias: Any = None,
-    *,
     stride: Any = 1,
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    *,
     padding_mode: str = "zeros",
+    method: str = "auto",
 ) -> da.Array:
     """N-d convolution of a Dask array, lazily; the same as :func:`im2colbp.conv`.
 
@@ -466,8 +476,11 @@ def conv(
         Small: it is sent whole to every task.
     bias : array_like or dask.array.Array, shape (C_out,), optional
     stride, padding, dilation, groups, padding_mode
-        As for :func:`im2colbp.conv`; padding is applied at the global
-        border only.
+        As for :func:`im2colbp.conv` (the same positional order); padding is
+        applied at the global border only.
+    method : {'auto', 'im2col', 'winograd', 'direct'}
+        The engine method every task runs (see :func:`im2colbp.conv`); a
+        method that cannot serve the convolution is refused here, at once.
 
     Returns
     -------
@@ -505,6 +518,7 @@ def conv(
         stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode,
     )
+    _check_method(method, geometry)
     dtypes = [_float_dtype(x, "x"), w_dtype]
     if bias is not None:
         dtypes.append(_float_dtype(bias if isinstance(bias, da.Array) else np.asarray(bias),
@@ -522,7 +536,8 @@ def conv(
     reads = _Reads(xb, [_identity(xb.chunks[0]), _whole(xb.shape[1])]
                    + _padded_reads(geometry, out_ranges))
     task = functools.partial(_conv_block, stride=window.stride, dilation=window.dilation,
-                             groups=geometry.groups, limit=ib.get_workspace_limit())
+                             groups=geometry.groups, limit=ib.get_workspace_limit(),
+                             method=method)
     chunks = (xb.chunks[0], (geometry.out_channels,)) + tuple(map(_lengths, out_ranges))
     token = tokenize(xb, w, b, geometry)
     y = _graph(f"conv-{token}", task, [reads], chunks, dtype, [w, b])
@@ -533,12 +548,13 @@ def conv_grad_input(
     dy: Any,
     weight: Any,
     input_shape: Any,
-    *,
     stride: Any = 1,
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    *,
     padding_mode: str = "zeros",
+    method: str = "auto",
 ) -> da.Array:
     """Input gradient of a convolution, from a chunked δ; see :func:`im2colbp.conv_grad_input`.
 
@@ -549,8 +565,8 @@ def conv_grad_input(
     weight : array_like or dask.array.Array, shape (C_out, C_in/G, *K)
     input_shape : tuple of int
         ``x.shape``.
-    stride, padding, dilation, groups, padding_mode
-        As for :func:`im2colbp.conv`.
+    stride, padding, dilation, groups, padding_mode, method
+        As for :func:`im2colbp.conv_grad_input` (the same positional order).
 
     Returns
     -------
@@ -587,10 +603,11 @@ def conv_grad_input(
     )
     check_array_shape(dy.shape, geometry.output_shape, "dy",
                       "the output of the convolution of input_shape")
+    _check_method(method, geometry)
     dtype = np.result_type(_float_dtype(dy, "dy"), w_dtype)
     w = _small(weight, "weight", dtype)
     token = tokenize(dy, w, geometry)
-    dx = _input_gradient(_batched(dy, geometry), w, geometry, dtype, token)
+    dx = _input_gradient(_batched(dy, geometry), w, geometry, dtype, token, method)
     return _unbatched(dx, geometry)
 
 
@@ -598,12 +615,13 @@ def conv_grad_weight(
     dy: Any,
     x: Any,
     weight_shape: Any,
-    *,
     stride: Any = 1,
     padding: Any = 0,
     dilation: Any = 1,
     groups: int = 1,
+    *,
     padding_mode: str = "zeros",
+    method: str = "auto",
 ) -> da.Array:
     """Weight gradient from chunked δ and x, as a tree reduction; see
     :func:`im2colbp.conv_grad_weight`.
@@ -615,8 +633,8 @@ def conv_grad_weight(
         The forward input; its batch chunks are used for δ too.
     weight_shape : tuple of int
         (C_out, C_in/G, *K).
-    stride, padding, dilation, groups, padding_mode
-        As for :func:`im2colbp.conv`.
+    stride, padding, dilation, groups, padding_mode, method
+        As for :func:`im2colbp.conv_grad_weight` (the same positional order).
 
     Returns
     -------
@@ -638,6 +656,7 @@ def conv_grad_weight(
         groups=groups, padding_mode=padding_mode,
     )
     check_array_shape(dy.shape, geometry.output_shape, "dy", "the output of the convolution of x")
+    _check_method(method, geometry)
     dtype = np.result_type(_float_dtype(dy, "dy"), _float_dtype(x, "x"))
     window = geometry.window
     xb = _batched(x, geometry).astype(dtype)
@@ -651,6 +670,7 @@ def conv_grad_weight(
     task = functools.partial(
         _grad_weight_block, weight_shape=geometry.weight_shape, stride=window.stride,
         dilation=window.dilation, groups=geometry.groups, limit=ib.get_workspace_limit(),
+        method=method,
     )
     token = tokenize(dyb, xb, geometry)
     return _partials(f"conv-grad-weight-{token}", task, [dy_reads, x_reads],
@@ -693,14 +713,15 @@ def conv_transpose(
     x: Any,
     weight: Any,
     bias: Any = None,
-    *,
     stride: Any = 1,
     padding: Any = 0,
     output_padding: Any = 0,
-    dilation: Any = 1,
     groups: int = 1,
+    dilation: Any = 1,
+    *,
     output_size: Any = None,
     padding_mode: str = "zeros",
+    method: str = "auto",
 ) -> da.Array:
     """N-d transposed convolution of a Dask array; see :func:`im2colbp.conv_transpose`.
 
@@ -709,9 +730,9 @@ def conv_transpose(
     x : dask.array.Array, shape (N, C_in, *I) or (C_in, *I)
     weight : array_like or dask.array.Array, shape (C_in, C_out/G, *K)
     bias : array_like or dask.array.Array, shape (C_out,), optional
-    stride, padding, output_padding, dilation, groups, output_size, padding_mode
-        As for :func:`im2colbp.conv_transpose` (non-zero modes: the exact
-        adjoint of the padded convolution).
+    stride, padding, output_padding, groups, dilation, output_size, padding_mode, method
+        As for :func:`im2colbp.conv_transpose`, in its positional order
+        (non-zero modes: the exact adjoint of the padded convolution).
 
     Returns
     -------
@@ -734,6 +755,7 @@ def conv_transpose(
         stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
         groups=groups, output_size=output_size, padding_mode=padding_mode,
     )
+    _check_method(method, geometry)
     dtypes = [_float_dtype(x, "x"), w_dtype]
     if bias is not None:
         dtypes.append(_float_dtype(bias if isinstance(bias, da.Array) else np.asarray(bias),
@@ -741,7 +763,7 @@ def conv_transpose(
     dtype = np.result_type(*dtypes)
     w = _small(weight, "weight", dtype)
     token = tokenize(x, w, geometry)
-    y = _input_gradient(_batched(x, geometry), w, geometry, dtype, token)
+    y = _input_gradient(_batched(x, geometry), w, geometry, dtype, token, method)
     if bias is not None:
         b = _small(bias, "bias", dtype)
         y = y + b.reshape((1, -1) + (1,) * geometry.rank)

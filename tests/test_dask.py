@@ -20,6 +20,8 @@ da = pytest.importorskip("dask.array")
 import dask  # noqa: E402
 
 import im2colbp as ib  # noqa: E402
+from im2colbp import reference  # noqa: E402
+from im2colbp.engine import record_passes  # noqa: E402
 
 ibd = pytest.importorskip("im2colbp.dask")
 
@@ -354,3 +356,58 @@ def test_out_of_core_volume_example_small(tmp_path):
     assert abs(result["wdw"] - result["yy"]) <= 1e-5 * result["yy"]
     assert result["sub_error"] < 1e-6
     assert len(result["workers"]) == 1 and result["workers"][0]["peak"] > 0
+
+
+def test_the_dask_functions_take_the_numpy_api_positional_order_and_method():
+    """The same signatures as the NumPy API: stride, padding, dilation, groups positionally
+    (conv_transpose: stride, padding, output_padding, groups, dilation), method= by keyword."""
+    import inspect
+
+    for name in ("conv", "conv_grad_input", "conv_grad_weight", "conv_transpose"):
+        ours = inspect.signature(getattr(ibd, name)).parameters
+        numpy_api = inspect.signature(getattr(ib, name)).parameters
+        assert list(ours) == list(numpy_api), name
+        for parameter in ours:
+            assert ours[parameter].kind == numpy_api[parameter].kind, (name, parameter)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 9, 8))
+    w = rng.standard_normal((4, 2, 3, 3))
+    xd = da.from_array(x, chunks=(1, 4, 4, 3))
+    y = ibd.conv(xd, w, None, 1, 1, 1, 2)  # stride, padding, dilation, groups
+    assert_equal_1e12(y.compute(), ib.conv(x, w, None, 1, 1, 1, 2))
+    yt = ibd.conv_transpose(xd, w, None, 2, 1, 1, 2)  # stride, padding, output_padding, groups
+    assert_equal_1e12(yt.compute(), ib.conv_transpose(x, w, None, 2, 1, 1, 2))
+
+
+@pytest.mark.parametrize("method", ["im2col", "winograd", "direct"])
+def test_method_reaches_every_task(method):
+    rng = np.random.default_rng(1)
+    groups = 4 if method == "direct" else 1
+    x = rng.standard_normal((2, 4, 10, 9))
+    w = rng.standard_normal((4, 4 // groups, 3, 3))
+    dy = rng.standard_normal((2, 4, 10, 9))
+    xd = da.from_array(x, chunks=(1, 4, 5, 4))
+    dyd = da.from_array(dy, chunks=(1, 4, 5, 4))
+    kw = dict(padding=1, groups=groups)
+    with record_passes() as passes:
+        y = ibd.conv(xd, w, method=method, **kw).compute(scheduler="synchronous")
+        dx = ibd.conv_grad_input(dyd, w, x.shape, method=method, **kw).compute(
+            scheduler="synchronous")
+        dw = ibd.conv_grad_weight(dyd, xd, w.shape, method=method, **kw).compute(
+            scheduler="synchronous")
+    routes = {route for _, route, _, _ in passes}
+    expected_route = {"im2col": {"im2col", "col2im", "transposition"}, "winograd": {"winograd"},
+                      "direct": {"direct"}}[method]
+    assert routes and routes <= expected_route, routes
+    tolerance = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, reference.conv(x, w, **kw), **tolerance)
+    np.testing.assert_allclose(dx, reference.conv_grad_input(dy, w, x.shape, **kw), **tolerance)
+    np.testing.assert_allclose(dw, reference.conv_grad_weight(dy, x, w.shape, **kw), **tolerance)
+
+
+def test_a_method_that_cannot_serve_is_refused_before_any_task():
+    xd = da.ones((1, 2, 8, 8), chunks=(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="method='winograd' cannot serve"):
+        ibd.conv(xd, np.ones((2, 2, 5, 5)), method="winograd")
+    with pytest.raises(ValueError, match="method must be one of"):
+        ibd.conv_grad_weight(xd, xd, (2, 2, 1, 1), method="fast")
