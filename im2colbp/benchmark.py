@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import resource
+import select
 import subprocess
 import sys
 import tempfile
@@ -592,11 +593,18 @@ class WorkerError(RuntimeError):
     """A worker process died or answered with an error."""
 
 
+#: Seconds a worker may take to answer one request before it is killed (a hung
+#: library must not hang the whole run): far above any configuration's time.
+REPLY_TIMEOUT = 600.0
+
+
 class Worker:
     """One contender's process, spoken to over a pipe."""
 
-    def __init__(self, kind: str, threads: int, dtype: str) -> None:
+    def __init__(self, kind: str, threads: int, dtype: str,
+                 reply_timeout: float = REPLY_TIMEOUT) -> None:
         self.kind = kind
+        self.reply_timeout = reply_timeout
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "im2colbp.benchmark", "--worker", kind,
@@ -622,6 +630,12 @@ class Worker:
         if self.process.stdout is None:
             raise WorkerError(f"the {self.kind} worker has no pipe")
         try:
+            ready, _, _ = select.select([self.process.stdout], [], [], self.reply_timeout)
+            if not ready:
+                self.process.kill()
+                self.process.wait()
+                raise WorkerError(f"the {self.kind} worker gave no reply within "
+                                  f"{self.reply_timeout:g} s and was stopped")
             line = self.process.stdout.readline()
         except OSError:
             line = ""

@@ -326,3 +326,13 @@ def test_blas_description_is_plain_text():
 def test_geometric_mean():
     assert bm.geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
     assert math.isclose(bm.geometric_mean([1.5]), 1.5)
+
+
+def test_a_worker_that_does_not_answer_is_stopped():
+    worker = bm.Worker("ours", 1, "float32", reply_timeout=0.05)  # start-up alone takes longer
+    try:
+        with pytest.raises(bm.WorkerError, match="no reply within 0.05 s"):
+            worker.request(op="peak", size=2048)
+        assert worker.process.poll() is not None  # killed, not left running
+    finally:
+        worker.close()
