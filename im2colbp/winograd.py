@@ -49,13 +49,14 @@ to im2col for non-finite operands.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .geometry import ConvGeometry
 from .lowering import pad_into
+from .parallel import get_thread_limit, parallel_for
 from .workspace import chunk_slices, get_workspace_limit, scratch, scratch_scope
 
 __all__ = [
@@ -262,22 +263,29 @@ def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> i
 def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
     """Scratch bytes that do not grow with the chunk: transformed weights, block buffers.
 
-    The transformed weights U and the weight gradient's dU, α^r·C_out·C_in/G
-    elements each, plus the buffers of a block of about ``_BLOCK_BYTES`` of
-    source (512 KiB), which hold ten to twenty times that. With
-    :func:`winograd_sample_bytes` this bounds every buffer of a call:
-    ``samples_per_chunk * sample_bytes + fixed_bytes``.
+    The transformed weights U or the weight gradient's dU, α^r·C_out·C_in/G
+    elements, and two more of that size per thread of
+    :func:`im2colbp.get_thread_limit` (each thread's partial dU and its
+    GEMM's result), plus the buffers of about ``_BLOCK_BYTES`` of source
+    (512 KiB; threads share it, each a block of its part), which hold ten to
+    twenty times that. With :func:`winograd_sample_bytes` this bounds every
+    buffer of a call, in every thread: ``samples_per_chunk * sample_bytes +
+    fixed_bytes``.
 
     Examples
     --------
+    >>> import im2colbp as ib
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> winograd_fixed_bytes(g, 4, 4) // 2**20
-    7
+    >>> with ib.thread_limit(1):
+    ...     winograd_fixed_bytes(g, 4, 4) // 2**20
+    8
     """
     _check_tile(tile)
     positions = (tile + 2) ** geometry.rank
-    weights = 2 * positions * geometry.out_channels * (geometry.in_channels // geometry.groups)
+    # U (or dU), and per thread a partial dU and the GEMM's result before it is added
+    weights = (1 + 2 * get_thread_limit()) * positions * geometry.out_channels * (
+        geometry.in_channels // geometry.groups)
     row, source = _row_elements(geometry, tile)
     blocks = -(-_block_bytes(geometry, tile) * row // max(source, 1))
     return weights * itemsize + blocks
@@ -436,6 +444,9 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
     prepends its α transformed positions (after those of earlier axes).
     """
     r = len(tiles)
+    if r <= _GEMM_TRANSFORM_RANK:
+        _gemm_transform_tiles(source, out, matrix, step, tiles, name)
+        return
     lead = 0
     alpha = matrix.shape[0]
     current = source
@@ -451,6 +462,72 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
         tmp = scratch(f"{name}.tmp", target.shape[:axis] + target.shape[axis + 1:], out.dtype)
         _spread_pass(current, target, matrix, axis, spatial, step, tiles[axis], tmp)
         current = target
+
+#: Ranks up to which a block's transforms are one GEMM with the Kronecker
+#: product of the 1-D transforms (α^r × α^r: 36 × 36 for F(4×4, 3×3)) on
+#: the tiles gathered by one strided copy, instead of r passes of ufuncs
+#: (about 40 for F(4×4, 3×3)): measured half the time on resnet3x3's blocks.
+#: In 3-D the Kronecker product (216 × 216) costs more than the passes.
+_GEMM_TRANSFORM_RANK = 2
+
+_KRON: Dict[Tuple[bytes, Tuple[int, ...], int, str], np.ndarray] = {}
+
+
+def _kron(matrix: np.ndarray, rank: int, dtype: np.dtype) -> np.ndarray:
+    """``matrix ⊗ ... ⊗ matrix`` (rank factors) in ``dtype``: the r-d transform of a tile."""
+    key = (matrix.tobytes(), matrix.shape, rank, dtype.str)
+    cached = _KRON.get(key)
+    if cached is None:
+        cached = matrix
+        for _ in range(rank - 1):
+            cached = np.kron(cached, matrix)
+        cached = _KRON[key] = np.ascontiguousarray(cached, dtype=dtype)
+    return cached
+
+
+def _small_products(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a · b`` ((P, Q) · (Q, N) -> (P, N)) in column panels whose GEMMs BLAS runs
+    in the calling thread (M·N·K up to :data:`_SMALL_GEMM`), so that it may run inside
+    a threaded part; one batched ``matmul`` over the full panels, one for the rest."""
+    p, q = a.shape
+    n = b.shape[1]
+    width = max(16, _SMALL_GEMM // (p * q) // 16 * 16)
+    full = n // width * width
+    if full:
+        np.matmul(a, b[:, :full].reshape(q, -1, width).transpose(1, 0, 2),
+                  out=out[:, :full].reshape(p, -1, width).transpose(1, 0, 2))
+    if full < n:
+        np.matmul(a, b[:, full:], out=out[:, full:])
+
+
+def _flat(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """A view of ``array`` with ``shape`` (never a copy: raises if the strides forbid it)."""
+    view = array.view()
+    view.shape = shape
+    return view
+
+
+def _gemm_transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, step: int,
+                          tiles: Tuple[int, ...], name: str) -> None:
+    """:func:`_transform_tiles` as one strided gather and one GEMM (Kronecker power of ``matrix``).
+
+    ``source`` (*S, n, C) must be C-contiguous; tile t of axis a is
+    ``source[step·t : step·t + s]`` along a (s = ``matrix.shape[1]``). The
+    gather copies every tile's s^r samples to ``(s^r, *T, n·C)`` (inner loops
+    of n·C contiguous elements); the GEMM maps them to the α^r positions.
+    """
+    r = len(tiles)
+    alpha, span = matrix.shape
+    lanes = source.shape[-2] * source.shape[-1]
+    item = source.itemsize
+    strides = source.strides[:r]
+    view = np.lib.stride_tricks.as_strided(
+        source, (span,) * r + tuple(tiles) + (lanes,),
+        tuple(strides) + tuple(step * stride for stride in strides) + (item,), writeable=False)
+    gathered = scratch(f"{name}.gather", (span ** r, math.prod(tiles) * lanes), out.dtype)
+    np.copyto(_flat(gathered, view.shape), view)
+    _small_products(_kron(matrix, r, out.dtype), gathered,
+                    _flat(out, (alpha ** r, gathered.shape[1])))
 
 
 def _untransform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, rank: int,
@@ -529,17 +606,6 @@ def _check_arrays(geometry: ConvGeometry, x: np.ndarray, name: str, shape: Tuple
         raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
-def _blocks(tiles: Tuple[int, ...], row_bytes: int, block_bytes: int) -> Iterator[slice]:
-    """Cache-sized blocks of tile rows along the first spatial axis.
-
-    ``row_bytes`` is the source of one tile row (all samples of the chunk,
-    all channels); a block holds about ``block_bytes`` of it, at least a row.
-    """
-    rows = max(1, block_bytes // max(row_bytes, 1))
-    for start in range(0, tiles[0], rows):
-        yield slice(start, min(tiles[0], start + rows))
-
-
 def _fill(block: np.ndarray, source: np.ndarray, offset: Sequence[int], start: int) -> None:
     """Place ``source`` (n, C, *S) at coordinates ``offset`` into ``block`` (*R, n, C).
 
@@ -582,15 +648,6 @@ def _input_source(x_part: np.ndarray, geometry: ConvGeometry,
     padded = scratch("winograd.modepad", x_part.shape[:2] + window.padded_size, dtype)
     pad_into(x_part, window, padded)
     return padded, (0,) * geometry.rank
-
-
-def _row_blocks(geometry: ConvGeometry, tile: int, n: int, itemsize: int) -> Iterator[slice]:
-    """The cache-sized blocks of tile rows (first spatial axis) one chunk of n runs in."""
-    tiles = _tiles(geometry, tile)
-    aligned = tuple(t * tile + 2 for t in tiles)
-    channels = max(geometry.in_channels, geometry.out_channels)
-    return _blocks(tiles, tile * math.prod(aligned[1:]) * n * channels * itemsize,
-                   _block_bytes(geometry, tile))
 
 
 def _transform_input(source: np.ndarray, offset: Tuple[int, ...], geometry: ConvGeometry,
@@ -678,31 +735,127 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     if tuple(weight.shape) != geometry.weight_shape:
         raise ValueError(f"weight must have shape {geometry.weight_shape}, "
                          f"got {tuple(weight.shape)}")
-    r = geometry.rank
     y = np.empty((batch, geometry.out_channels) + geometry.window.out_size, dtype=dtype)
     if y.size == 0:
         return y
     if geometry.in_channels == 0:
         y[...] = 0
         return y
-    tiles = _tiles(geometry, tile)
-    alphas = (tile + 2,) * r
     u = _transform_weight(weight, geometry, tile, dtype)  # (α^r, G, C_in/G, C_out/G)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
                + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
-            n = part.stop - part.start
             source, offset = _input_source(x[part], geometry, dtype)
-            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
-                # transform, multiply and transform back one cache-sized block at a time
-                block = alphas + (rows.stop - rows.start,) + tiles[1:]
-                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
-                _transform_input(source, offset, geometry, tile, rows, v)
-                m = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
-                _multiply(u, v, m, geometry.groups)
-                _output_transform(m, y[part], geometry, tile, rows)
+            y_part = y[part]
+
+            def run(block: Tuple[slice, slice], source=source, offset=offset,
+                    y_part=y_part) -> None:
+                samples, rows = block
+                _forward_block(u, source[samples], offset, y_part[samples], geometry, tile,
+                               rows)
+
+            _run_blocks(run, _work_blocks(geometry, tile, part.stop - part.start, dtype),
+                        x[part].nbytes + y_part.nbytes)
     return y
+
+
+def _forward_block(u: np.ndarray, source: np.ndarray, offset: Tuple[int, ...],
+                   y_part: np.ndarray, geometry: ConvGeometry, tile: int, rows: slice) -> None:
+    """Transform, multiply and transform back one block: tile ``rows`` of ``source``'s samples.
+
+    Inside a threaded block (:func:`_run_blocks`) everything runs in the
+    calling thread; a block run alone splits its transforms over threads by
+    tile rows (:func:`_in_threads`) around the GEMMs, which BLAS threads.
+    """
+    r = geometry.rank
+    n = source.shape[0]
+    block = (tile + 2,) * r + (rows.stop - rows.start,) + _tiles(geometry, tile)[1:]
+    v = scratch("winograd.v", block + (n, geometry.in_channels), u.dtype)
+    m = scratch("winograd.m", block + (n, geometry.out_channels), u.dtype)
+    _in_threads(rows, v.nbytes, lambda sub, inner: _transform_input(
+        source, offset, geometry, tile, sub, v[inner]), r)
+    _multiply(u, v, m, geometry.groups)
+    _in_threads(rows, m.nbytes, lambda sub, inner: _output_transform(
+        m[inner], y_part, geometry, tile, sub), r)
+
+
+#: M·N·K of one GEMM up to which OpenBLAS runs it in the calling thread
+#: (0.3.31, SkylakeX, measured: 36 GEMMs of 224×64×64, M·N·K = 917504, ran in
+#: the caller at 150 GFLOP/s; of 448×64×64 on 2 threads at 57 GFLOP/s in
+#: all). A block whose GEMMs stay below this runs whole (transform, GEMM,
+#: back-transform) in a worker thread, blocks side by side.
+_SMALL_GEMM = 2**19
+
+
+def _work_blocks(geometry: ConvGeometry, tile: int, n: int,
+                 dtype: np.dtype) -> Tuple[Sequence[Tuple[slice, slice]], bool]:
+    """The blocks (sample range, tile rows) a chunk of n samples runs in, and whether
+    they run side by side in threads.
+
+    A unit is one tile row (first spatial axis) of one sample. A block holds
+    about :func:`_block_bytes` of source (all samples, as many tile rows as
+    fit). When a unit's GEMMs are small (M·N·K up to :data:`_SMALL_GEMM`:
+    BLAS then runs them in the calling thread, at about 2.5 times the speed
+    it reaches splitting them over 2 threads), blocks shrink so that their
+    GEMMs stay small; when the thread limit is above 1 they then run side by
+    side, each thread's block a share of the cache budget (so that
+    :func:`winograd_fixed_bytes` holds for any thread count).
+    """
+    tiles = _tiles(geometry, tile)
+    aligned = tuple(t * tile + 2 for t in tiles)
+    channels = max(geometry.in_channels, geometry.out_channels)
+    unit_bytes = max(1, tile * math.prod(aligned[1:]) * channels * dtype.itemsize)
+    budget = max(1, _block_bytes(geometry, tile) // unit_bytes)  # units per block
+    groups = geometry.groups
+    gemm = math.prod(tiles[1:]) * (geometry.in_channels // groups) * (
+        geometry.out_channels // groups)
+    small = gemm <= _SMALL_GEMM
+    threads = get_thread_limit()
+    threaded = small and threads > 1
+    if small:  # GEMMs BLAS runs in the caller: fast, and blocks may run side by side
+        budget = max(1, min(budget // (threads if threaded else 1), _SMALL_GEMM // max(gemm, 1)))
+    if budget >= n:  # all samples, several tile rows
+        rows = budget // n
+        blocks = [(slice(0, n), slice(start, min(tiles[0], start + rows)))
+                  for start in range(0, tiles[0], rows)]
+    else:  # a few samples, one tile row
+        blocks = [(slice(first, min(n, first + budget)), slice(row, row + 1))
+                  for row in range(tiles[0]) for first in range(0, n, budget)]
+    return blocks, threaded and len(blocks) > 1
+
+
+def _run_blocks(function: Callable[[Tuple[slice, slice]], None],
+                planned: Tuple[Sequence[Tuple[slice, slice]], bool], work_bytes: int) -> None:
+    """``function(block)`` for every block of :func:`_work_blocks`, side by side when threaded."""
+    blocks, threaded = planned
+    if not threaded:
+        for block in blocks:
+            function(block)
+        return
+
+    def part(piece: slice) -> None:
+        with scratch_scope():
+            for block in blocks[piece]:
+                function(block)
+
+    parallel_for(part, len(blocks), work_bytes)
+
+
+def _in_threads(rows: slice, work_bytes: int, function, rank: int) -> None:
+    """Run ``function(sub, inner)`` over parts of the block's tile ``rows``, in threads.
+
+    ``sub`` is a part's tile rows (absolute), ``inner`` the index of its rows
+    in the block's buffers (whose tile-row axis follows the α^r positions).
+    Parts write disjoint tile rows; each part's temporaries come from its own
+    thread's scratch pool. Bounded by :func:`im2colbp.thread_limit`.
+    """
+    def part(piece: slice) -> None:
+        with scratch_scope():
+            function(slice(rows.start + piece.start, rows.start + piece.stop),
+                     (slice(None),) * rank + (piece,))
+
+    parallel_for(part, rows.stop - rows.start, work_bytes)
 
 
 def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry, tile: int,
@@ -714,10 +867,29 @@ def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry,
     out_size = geometry.window.out_size
     n, channels = y_part.shape[:2]
     block_tiles = (rows.stop - rows.start,) + tiles[1:]
+    first = rows.start * tile
+    if r <= _GEMM_TRANSFORM_RANK:
+        # Y (m^r, *T, n, C) = (Aᵀ ⊗ ... ⊗ Aᵀ) · M, then one copy into y's tiles
+        lanes = math.prod(block_tiles) * n * channels
+        product = scratch("winograd.out.gemm", (tile ** r, lanes), m.dtype)
+        _small_products(_kron(at, r, m.dtype), _flat(m, ((tile + 2) ** r, lanes)), product)
+        # (i_1..i_r, T_1..T_r, n, C) -> (n, C, T_1, i_1, ..., T_r, i_r)
+        order = (2 * r, 2 * r + 1) + sum(((r + a, a) for a in range(r)), ())
+        tiled = product.reshape((tile,) * r + block_tiles + (n, channels)).transpose(order)
+        valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
+        target = y_part[:, :, first:first + valid[0]]
+        if all(t * tile == v for t, v in zip(block_tiles, valid)):
+            _flat(target, (n, channels) + sum(((t, tile) for t in block_tiles), ()))[...] = tiled
+        else:  # ragged: the last tiles reach beyond O
+            stage = scratch("winograd.stage", (n, channels) + sum(
+                ((t, tile) for t in block_tiles), ()), m.dtype)
+            stage[...] = tiled
+            stage = stage.reshape((n, channels) + tuple(t * tile for t in block_tiles))
+            target[...] = stage[(slice(None),) * 2 + tuple(slice(0, v) for v in valid)]
+        return
     stage = scratch("winograd.stage", sum(((t, tile) for t in block_tiles), ()) + (n, channels),
                     m.dtype)
     _untransform_tiles(m, stage, at, r, "winograd.out")
-    first = rows.start * tile
     valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
     stage = stage.reshape(tuple(t * tile for t in block_tiles) + (n, channels))
     stage = stage[tuple(slice(0, v) for v in valid)]
@@ -736,6 +908,32 @@ def _transform_delta(dy_part: np.ndarray, geometry: ConvGeometry, tile: int, row
                     delta.dtype)
     _fill(block, dy_part, (0,) * geometry.rank, rows.start * tile)
     _transform_tiles(block, delta, at.T, tile, (nrows,) + tiles[1:], "winograd.delta")
+
+
+def _weight_block(du: np.ndarray, source: np.ndarray, offset: Tuple[int, ...],
+                  dy_part: np.ndarray, geometry: ConvGeometry, tile: int, rows: slice) -> None:
+    """``du += Σ_tiles Vᵀ·Δ`` over one block: tile ``rows`` of the samples of ``source``."""
+    r = geometry.rank
+    groups = geometry.groups
+    positions, ci, co = du.shape[0], du.shape[2], du.shape[3]
+    n = source.shape[0]
+    block = (tile + 2,) * r + (rows.stop - rows.start,) + _tiles(geometry, tile)[1:]
+    v = scratch("winograd.v", block + (n, geometry.in_channels), du.dtype)
+    delta = scratch("winograd.m", block + (n, geometry.out_channels), du.dtype)
+
+    def both(sub: slice, inner: tuple) -> None:
+        _transform_input(source, offset, geometry, tile, sub, v[inner])
+        _transform_delta(dy_part, geometry, tile, sub, delta[inner])
+
+    _in_threads(rows, v.nbytes + delta.nbytes, both, r)
+    v3 = v.reshape(positions, -1, groups, ci)
+    d3 = delta.reshape(positions, -1, groups, co)
+    if groups == 1:
+        du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
+    elif ci == 1 and co == 1:  # depthwise: per-position dot products
+        du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
+    else:
+        du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
 
 
 def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike, *,
@@ -799,27 +997,31 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     positions = (tile + 2) ** r
     if batch == 0 or geometry.out_channels == 0 or geometry.in_channels == 0:
         return np.zeros(geometry.weight_shape, dtype=dtype)
-    tiles = _tiles(geometry, tile)
-    alphas = (tile + 2,) * r
     du = np.zeros((positions, groups, ci, co), dtype=dtype)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
                + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
-            n = part.stop - part.start
             source, offset = _input_source(x[part], geometry, dtype)
-            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
-                block = alphas + (rows.stop - rows.start,) + tiles[1:]
-                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
-                _transform_input(source, offset, geometry, tile, rows, v)
-                delta = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
-                _transform_delta(dy[part], geometry, tile, rows, delta)
-                v3 = v.reshape(positions, -1, groups, ci)
-                d3 = delta.reshape(positions, -1, groups, co)
-                if groups == 1:
-                    du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
-                elif ci == 1 and co == 1:  # depthwise: per-position dot products
-                    du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
-                else:
-                    du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
+            dy_part = dy[part]
+            blocks, threaded = _work_blocks(geometry, tile, part.stop - part.start, dtype)
+            if not threaded:
+                for samples, rows in blocks:
+                    _weight_block(du, source[samples], offset, dy_part[samples], geometry,
+                                  tile, rows)
+                continue
+            partials: Dict[int, np.ndarray] = {}
+
+            def run(piece: slice, source=source, offset=offset, dy_part=dy_part,
+                    blocks=blocks, partials=partials, shape=du.shape) -> None:
+                own = np.zeros(shape, dtype)  # each thread sums its blocks, then they are added
+                with scratch_scope():
+                    for samples, rows in blocks[piece]:
+                        _weight_block(own, source[samples], offset, dy_part[samples],
+                                      geometry, tile, rows)
+                partials[piece.start] = own
+
+            parallel_for(run, len(blocks), x[part].nbytes + dy_part.nbytes)
+            for start in sorted(partials):
+                du += partials[start]
     return np.ascontiguousarray(_untransform_weight_gradient(du, geometry, tile), dtype=dtype)
