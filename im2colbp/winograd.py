@@ -14,16 +14,24 @@ GEMM per group over the tiles of a block::
 with U = G w Gᵀ (weights, once, in float64) and V = Bᵀ d B (input tiles).
 Tiles overlap by 2 samples; output tiles do not. Layout and engineering:
 
-* channels last: a block is ``(tile rows, *rest, n, C)``, so every 1-D pass
-  (a few small-integer multiply-adds per output, over strided views) runs
-  over long contiguous inner loops, and each GEMM reads contiguous rows;
-  F(4, 3)'s transforms use shared subexpressions (19 and 13 passes instead
-  of 28 and 24);
-* fused and blocked: per block of tile rows of the first spatial axis
-  (about ``_BLOCK_BYTES`` of source, all samples of the chunk) the input is
-  copied in (padding and casting on the way), transformed, multiplied and
-  transformed back into y, so the working set is the block's, not the
-  chunk's (:func:`winograd_sample_bytes`, :func:`winograd_fixed_bytes`).
+* channels last: a block is ``(tile rows, *rest, n, C)``, copied in from
+  ``(n, C, *S)`` once (padding and casting on the way), so that each GEMM
+  reads contiguous rows;
+* transforms as GEMMs (rank 1 and 2): one strided copy gathers every tile's
+  α^r inputs, one GEMM with the Kronecker product ``Bᵀ ⊗ Bᵀ`` (36 × 36 for
+  F(4×4, 3×3)) transforms them all, and one with ``Aᵀ ⊗ Aᵀ`` maps M back,
+  followed by one copy into y's tiles; in 3-D (216 × 216 products) the
+  transforms are 1-D passes of small multiply-adds over strided views;
+* fused and blocked: per block (a few tile rows of a few samples: about
+  ``_BLOCK_BYTES`` of source, and GEMMs small enough that BLAS runs them in
+  the calling thread, :data:`_SMALL_GEMM`) the input is copied in,
+  transformed, multiplied and transformed back into y, so the working set
+  is the block's, not the chunk's (:func:`winograd_sample_bytes`,
+  :func:`winograd_fixed_bytes`);
+* threads: such blocks run side by side under :func:`im2colbp.parallel.parallel_for`
+  (each thread its own scratch, the weight gradient's partial sums added in a
+  fixed order); blocks whose GEMMs are large keep the GEMMs on BLAS's threads
+  and split only their copies and transforms over tile rows.
 
 Gradients in Winograd form (derived in ``docs/winograd.md``):
 
@@ -35,10 +43,11 @@ Gradients in Winograd form (derived in ``docs/winograd.md``):
   tiles), then ``dW = Gᵀ dU G``: the *transposes* of the forward transforms.
 
 Accuracy: see :data:`ERROR_BOUNDS`. In float32, F(2, 3) is as accurate as
-the lowering (about 1e-6 relative or better on the benchmark's shapes); F(4, 3) is
-about 15 times worse in 2-D (up to 1.05e-5 on resnet3x3) and worse again in
-3-D: its transforms hold 4, 5, 8 and 1/6, 1/24, and cancellation in Aᵀ
-amplifies the GEMM's rounding. In float64 both are below 1e-13.
+the lowering (below 1e-6 relative on the benchmark's shapes); F(4, 3), at
+the points 0, ±1, 1/2, -2 (not Lavin & Gray's 0, ±1, ±2), is about 5 times
+worse in 2-D (3.4e-6 on resnet3x3; ±2 gave 1.05e-5) and 7.1e-6 in 3-D:
+cancellation in Aᵀ amplifies the GEMM's rounding. In float64 both are below
+1e-13.
 
 Non-finite values: a tile mixes its inputs, so an inf or nan in x, δ or the
 weight spreads nan over whole tiles (the direct method would give inf at the
@@ -75,17 +84,18 @@ TILES = (2, 4)
 
 #: Float32 error bounds per ``(tile, rank)``: max |result - exact| over the
 #: output, relative to its max |exact|, for standard-normal data. Measured
-#: (``scripts/winograd_error.py`` and the 1-D/3-D runs quoted in
+#: (``scripts/winograd_error.py`` and the 1-D run quoted in
 #: ``docs/winograd.md``), worst of forward, input and weight gradient:
-#: F(2, 3) 4.3e-7 (1-D), 7.5e-7 (2-D: teach, resnet3x3, depthwise), 1.2e-6
-#: (3-D: conv3d's weight gradient); F(4, 3) 1.5e-6 (1-D), 1.05e-5 (2-D,
-#: resnet3x3's input gradient; its forward 9.7e-6), 2.4e-5 (3-D). The
-#: float32 lowering is about 6e-7.
+#: F(2, 3) 4.3e-7 (1-D), 6.8e-7 (2-D: teach, resnet3x3, depthwise), 8.5e-7
+#: (3-D: conv3d's weight gradient); F(4, 3) at the points 0, ±1, 1/2, -2:
+#: 1.0e-6 (1-D), 3.4e-6 (2-D, resnet3x3's input gradient; its forward
+#: 2.8e-6), 7.1e-6 (3-D, conv3d's input gradient). The float32 lowering is
+#: about 6e-7 (9.4e-7 on conv3d).
 #: The bounds leave a factor of about 2; the tests hold the kernels to them
 #: relative to ``max conv(|x|, |w|)``, the scale rounding errors grow with.
 #: Float64: below 1e-13 for both tiles and every rank.
 ERROR_BOUNDS = {(2, 1): 2e-6, (2, 2): 2e-6, (2, 3): 3e-6,
-                (4, 1): 3e-6, (4, 2): 2.5e-5, (4, 3): 6e-5}
+                (4, 1): 3e-6, (4, 2): 8e-6, (4, 3): 1.5e-5}
 
 #: Bytes of source (tile rows of all samples of a chunk) that one block of the
 #: fused transform–GEMM–back-transform aims at: its buffers (ten to twenty
@@ -93,8 +103,12 @@ ERROR_BOUNDS = {(2, 1): 2e-6, (2, 2): 2e-6, (2, 3): 3e-6,
 #: 256 KiB–2 MiB on resnet3x3 (single thread, CPU time).
 _BLOCK_BYTES = 2**19
 
-# (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Lavin & Gray's points
-# 0, ±1 for m = 2 and 0, ±1, ±2 for m = 4, plus the point at infinity).
+# (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Toom–Cook at the points
+# 0, ±1 for m = 2, Lavin & Gray's, and 0, ±1, 1/2, -2 for m = 4, plus the
+# point at infinity). For m = 4 Lavin & Gray use 0, ±1, ±2; 1/2 and -2
+# (Barabasz et al., 2018) keep Aᵀ's entries at most 8 and measured 3.6 times
+# less float32 error on resnet3x3 (2.8e-6 against 1.0e-5). Rows of Bᵀ are
+# scaled to integers, G's rows by the inverse (exact: powers of 2).
 _MATRICES: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {
     2: (
         np.array([[1, 0, -1, 0],
@@ -109,22 +123,22 @@ _MATRICES: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {
                   [0, 1, -1, -1]], dtype=np.float64),
     ),
     4: (
-        np.array([[4, 0, -5, 0, 1, 0],
-                  [0, -4, -4, 1, 1, 0],
-                  [0, 4, -4, -1, 1, 0],
+        np.array([[2, -3, -4, 3, 2, 0],
+                  [0, -2, 1, 5, 2, 0],
+                  [0, 2, -5, 1, 2, 0],
                   [0, -2, -1, 2, 1, 0],
-                  [0, 2, -1, -2, 1, 0],
-                  [0, 4, 0, -5, 0, 1]], dtype=np.float64),
-        np.array([[1 / 4, 0, 0],
-                  [-1 / 6, -1 / 6, -1 / 6],
+                  [0, 1, -2, -1, 2, 0],
+                  [0, 2, -3, -4, 3, 2]], dtype=np.float64),
+        np.array([[1 / 2, 0, 0],
+                  [1 / 6, 1 / 6, 1 / 6],
                   [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6],
-                  [1 / 24, -1 / 12, 1 / 6],
-                  [0, 0, 1]], dtype=np.float64),
+                  [-16 / 15, -8 / 15, -4 / 15],
+                  [1 / 30, -1 / 15, 2 / 15],
+                  [0, 0, 1 / 2]], dtype=np.float64),
         np.array([[1, 1, 1, 1, 1, 0],
-                  [0, 1, -1, 2, -2, 0],
-                  [0, 1, 1, 4, 4, 0],
-                  [0, 1, -1, 8, -8, 1]], dtype=np.float64),
+                  [0, 1, -1, 1 / 2, -2, 0],
+                  [0, 1, 1, 1 / 4, 4, 0],
+                  [0, 1, -1, 1 / 8, -8, 1]], dtype=np.float64),
     ),
 }
 
@@ -364,62 +378,9 @@ def _spread_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
     views = [source[_along(source, axis, slice(j, j + stop, step))]
              for j in range(matrix.shape[1])]
     outs = [out[_along(out, lead, xi)] for xi in range(matrix.shape[0])]
-    if matrix is _MATRICES[4][0]:
-        _input_transform_4(views, outs, tmp)
-        return
     for xi, target in enumerate(outs):
         terms = [(float(c), views[j]) for j, c in enumerate(matrix[xi]) if c != 0]
         _combine(target, terms, tmp)
-
-
-def _input_transform_4(x: Sequence[np.ndarray], r: Sequence[np.ndarray], tmp: np.ndarray) -> None:
-    """F(4, 3)'s Bᵀ with shared subexpressions: 19 ufunc passes instead of 28.
-
-    r0 = 4(x0 - x2) + (x4 - x2)        r3, r4 = (x4 - x2) ± 2(x3 - x1)
-    r1 = (x3 + x4) - 4(x1 + x2)        r2 = (x4 - x3) + 4(x1 - x2)
-    r5 = 4(x1 - x3) + (x5 - x3)
-    """
-    np.subtract(x[4], x[2], out=r[4])            # b = x4 - x2
-    np.subtract(x[0], x[2], out=r[0])
-    np.multiply(r[0], 4, out=r[0])
-    np.add(r[0], r[4], out=r[0])                 # r0 = 4(x0 - x2) + b
-    np.subtract(x[3], x[1], out=tmp)
-    np.multiply(tmp, 2, out=tmp)                 # t = 2(x3 - x1)
-    np.add(r[4], tmp, out=r[3])                  # r3 = b + t
-    np.subtract(r[4], tmp, out=r[4])             # r4 = b - t
-    np.multiply(tmp, -2, out=r[5])               # 4(x1 - x3)
-    np.add(r[5], x[5], out=r[5])
-    np.subtract(r[5], x[3], out=r[5])            # r5
-    np.add(x[1], x[2], out=tmp)
-    np.multiply(tmp, 4, out=tmp)
-    np.add(x[3], x[4], out=r[1])
-    np.subtract(r[1], tmp, out=r[1])             # r1
-    np.subtract(x[1], x[2], out=tmp)
-    np.multiply(tmp, 4, out=tmp)
-    np.subtract(x[4], x[3], out=r[2])
-    np.add(r[2], tmp, out=r[2])                  # r2
-
-
-def _output_transform_4(m: Sequence[np.ndarray], y: Sequence[np.ndarray],
-                        tmp: np.ndarray) -> None:
-    """F(4, 3)'s Aᵀ with shared subexpressions: 13 ufunc passes instead of 24.
-
-    With s1, d1 = m1 ± m2 and s2, d2 = m3 ± m4:
-    y0 = m0 + s1 + s2,  y1 = d1 + 2 d2,  y2 = s1 + 4 s2,  y3 = d1 + 8 d2 + m5.
-    """
-    np.subtract(m[1], m[2], out=y[1])            # d1
-    np.add(m[1], m[2], out=y[2])                 # s1
-    np.add(m[3], m[4], out=tmp)                  # s2
-    np.add(m[0], y[2], out=y[0])
-    np.add(y[0], tmp, out=y[0])                  # y0
-    np.multiply(tmp, 4, out=tmp)
-    np.add(y[2], tmp, out=y[2])                  # y2
-    np.subtract(m[3], m[4], out=tmp)             # d2
-    np.add(y[1], m[5], out=y[3])
-    np.multiply(tmp, 2, out=tmp)
-    np.add(y[1], tmp, out=y[1])                  # y1
-    np.multiply(tmp, 4, out=tmp)
-    np.add(y[3], tmp, out=y[3])                  # y3
 
 
 def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: int,
@@ -427,9 +388,6 @@ def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
     """``out[j at axis] = Σ_ξ matrix[j, ξ] · source[ξ at lead]`` (the ξ axis disappears)."""
     views = [source[_along(source, lead, xi)] for xi in range(matrix.shape[1])]
     outs = [out[_along(out, axis, j)] for j in range(matrix.shape[0])]
-    if matrix is _MATRICES[4][2]:
-        _output_transform_4(views, outs, tmp)
-        return
     for j, target in enumerate(outs):
         terms = [(float(c), views[xi]) for xi, c in enumerate(matrix[j]) if c != 0]
         _combine(target, terms, tmp)
@@ -706,12 +664,13 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     -----
     Multiplications per output tile and channel pair: α^r against
     m^r·3^r for im2col — 16/36 (2.25× fewer) for F(2×2, 3×3), 36/144 (4×
-    fewer) for F(4×4, 3×3). The transforms cost O(α^r) adds per tile and
-    channel and are memory-bound.
+    fewer) for F(4×4, 3×3). The transforms cost α^r·α^r multiply-adds per
+    tile and channel as GEMMs in 1-D and 2-D (O(α^r) adds as passes in 3-D)
+    and, with the copies in and out, are memory-bound.
 
     Error bound (float32, ``max|error| / max|exact|`` against float64, standard
     normal data): :data:`ERROR_BOUNDS` — F(2, 3) 2e-6 (3e-6 in 3-D); F(4, 3)
-    3e-6 in 1-D, 2.5e-5 in 2-D, 6e-5 in 3-D. Float64: 1e-13.
+    3e-6 in 1-D, 8e-6 in 2-D, 1.5e-5 in 3-D. Float64: 1e-13.
 
     Examples
     --------
@@ -967,7 +926,7 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     Notes
     -----
     Error bound (float32, relative to ``max|dW|``): :data:`ERROR_BOUNDS`, as for
-    :func:`winograd_forward` (resnet3x3 measured 7.5e-7 for F(2, 3), 5.0e-6
+    :func:`winograd_forward` (resnet3x3 measured 4.5e-7 for F(2, 3), 1.6e-6
     for F(4, 3)). The sum over n·T tiles runs in the GEMM's precision like
     im2col's ``δ · colsᵀ``.
 
