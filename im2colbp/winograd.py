@@ -17,11 +17,11 @@ Tiles overlap by 2 samples; output tiles do not. Layout and engineering:
 * channels last: a block is ``(tile rows, *rest, n, C)``, copied in from
   ``(n, C, *S)`` once (padding and casting on the way), so that each GEMM
   reads contiguous rows;
-* transforms as GEMMs (rank 1 and 2): one strided copy gathers every tile's
+* transforms as GEMMs (ranks 1 to 3): one strided copy gathers every tile's
   α^r inputs, one GEMM with the Kronecker product ``Bᵀ ⊗ Bᵀ`` (36 × 36 for
   F(4×4, 3×3)) transforms them all, and one with ``Aᵀ ⊗ Aᵀ`` maps M back,
-  followed by one copy into y's tiles; in 3-D (216 × 216 products) the
-  transforms are 1-D passes of small multiply-adds over strided views;
+  followed by one copy into y's tiles; from rank 4 the transforms are 1-D
+  passes of small multiply-adds over strided views;
 * fused and blocked: per block (a few tile rows of a few samples: about
   ``_BLOCK_BYTES`` of source, and GEMMs small enough that BLAS runs them in
   the calling thread, :data:`_SMALL_GEMM`) the input is copied in,
@@ -422,11 +422,12 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
         current = target
 
 #: Ranks up to which a block's transforms are one GEMM with the Kronecker
-#: product of the 1-D transforms (α^r × α^r: 36 × 36 for F(4×4, 3×3)) on
-#: the tiles gathered by one strided copy, instead of r passes of ufuncs
-#: (about 40 for F(4×4, 3×3)): measured half the time on resnet3x3's blocks.
-#: In 3-D the Kronecker product (216 × 216) costs more than the passes.
-_GEMM_TRANSFORM_RANK = 2
+#: product of the 1-D transforms (α^r × α^r: 36 × 36 for F(4×4, 3×3), 216 ×
+#: 216 for F(4×4×4, 3×3×3)) on the tiles gathered by one strided copy,
+#: instead of r passes of ufuncs (about 40 for F(4×4, 3×3)). Measured (one
+#: core, f+b CPU time): resnet3x3 F(4, 3) 69 -> 57 ms, conv3d F(4, 3)
+#: 85 -> 71 ms, F(2, 3) 71 -> 63 ms. From rank 4 (1296 × 1296) the passes.
+_GEMM_TRANSFORM_RANK = 3
 
 _KRON: Dict[Tuple[bytes, Tuple[int, ...], int, str], np.ndarray] = {}
 
@@ -665,7 +666,7 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     Multiplications per output tile and channel pair: α^r against
     m^r·3^r for im2col — 16/36 (2.25× fewer) for F(2×2, 3×3), 36/144 (4×
     fewer) for F(4×4, 3×3). The transforms cost α^r·α^r multiply-adds per
-    tile and channel as GEMMs in 1-D and 2-D (O(α^r) adds as passes in 3-D)
+    tile and channel as GEMMs up to 3-D (O(α^r) adds as passes from 4-D)
     and, with the copies in and out, are memory-bound.
 
     Error bound (float32, ``max|error| / max|exact|`` against float64, standard

@@ -1,125 +1,118 @@
-"""Time the Winograd kernels against ib.conv and the bare GEMM on resnet3x3 (N8 C64 56x56 K64 p1).
+"""Time forward + backward with ``method="winograd"`` (F(2, 3) and F(4, 3)) against ``"im2col"``.
 
 Run under the shared lock, e.g.::
 
     flock /work/notes/bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        .venv/bin/python scripts/winograd_speed.py
+        .venv/bin/python scripts/winograd_speed.py --configs resnet3x3 --rounds 9
 
-Reports medians (ms) of interleaved repeats, float32, wall-clock and process
-CPU time (the latter is what to compare on a shared machine; BLAS runs on
-every thread, the transforms on one); also a phase breakdown of the
-Winograd forward (input transform, GEMMs, output transform) for one chunk
-without the block fusion.
+Every contender runs ``conv_forward`` + ``conv_backward`` (y, then dx, dw,
+db) on the benchmark suite's configuration (``im2colbp.benchmark.CONFIGS``),
+float32 unless ``--dtype``. The Winograd tile is forced through the plan's
+table (``plan.WINOGRAD_TILES``, the plan cache cleared). Rounds alternate
+the contenders; in each round a contender makes one untimed call, then
+``--repeats`` timed ones; the table gives the median over rounds of each
+round's median, wall clock and process CPU time (all threads), in ms.
+``--threads 1`` also times each Winograd tile under ``ib.thread_limit(1)``.
+
+All contenders share one process (unlike ``scripts/bench.py``, whose workers
+each have their own): take the floor and a cross-check of im2col from
+``scripts/bench.py --contenders floor im2col``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
 import im2colbp as ib
-from im2colbp import winograd as wg
-from im2colbp.geometry import conv_geometry
-from im2colbp.kernels import backprop_kernel
-from im2colbp.workspace import samples_per_chunk, scratch_scope
+from im2colbp import plan
+from im2colbp.benchmark import CONFIGS
 
-#: Chunk target for V and M together (the plan may pick otherwise).
-CHUNK_BYTES = 32 * 2**20
+Contender = Tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]
 
 
-def _chunk(geometry, tile, itemsize):
-    limit = ib.get_workspace_limit()
-    fixed = wg.winograd_fixed_bytes(geometry, tile, itemsize)
-    return samples_per_chunk(geometry.batch, wg.winograd_sample_bytes(geometry, tile, itemsize),
-                             min(limit - fixed, CHUNK_BYTES))
+def _contenders(name: str, dtype: np.dtype, thread_counts: List[int]) -> Dict[str, Contender]:
+    config = CONFIGS[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(config.input_shape).astype(dtype)
+    w = rng.standard_normal(config.weight_shape).astype(dtype)
+    b = np.zeros(config.weight_shape[0], dtype)
+    y, _ = ib.conv_forward(x, w, b, **config.kwargs, method="im2col")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+
+    def run(method: str) -> Callable[[], None]:
+        def call() -> None:
+            _, ctx = ib.conv_forward(x, w, b, **config.kwargs, method=method)
+            ib.conv_backward(dy, ctx)
+        return call
+
+    @contextlib.contextmanager
+    def tile(m: int, threads: int):
+        old = plan.WINOGRAD_TILES[dtype.itemsize]
+        plan.WINOGRAD_TILES[dtype.itemsize] = m
+        plan._cached_plan.cache_clear()
+        try:
+            with ib.thread_limit(threads):
+                yield
+        finally:
+            plan.WINOGRAD_TILES[dtype.itemsize] = old
+            plan._cached_plan.cache_clear()
+
+    found = {"im2col": (run("im2col"), contextlib.nullcontext)}
+    for m in (2, 4):
+        for threads in thread_counts:
+            label = f"winograd F({m},3)" + ("" if threads == thread_counts[0] else
+                                           f" {threads} thread")
+            found[label] = (run("winograd"), lambda m=m, threads=threads: tile(m, threads))
+    return found
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--config", default="resnet3x3",
-                        choices=["resnet3x3", "depthwise", "teach", "conv3d"])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["teach", "resnet3x3", "depthwise",
+                                                          "conv3d"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, nargs="*", default=[],
+                        help="also time the Winograd tiles under these thread limits")
     args = parser.parse_args()
-    shapes = {"resnet3x3": ((8, 64, 56, 56), (64, 64, 3, 3), 1),
-              "depthwise": ((8, 128, 28, 28), (128, 1, 3, 3), 128),
-              "teach": ((1, 3, 32, 32), (8, 3, 3, 3), 1),
-              "conv3d": ((2, 16, 16, 32, 32), (32, 16, 3, 3, 3), 1)}
-    xs, ws, groups = shapes[args.config]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(xs).astype(np.float32)
-    w = rng.standard_normal(ws).astype(np.float32)
-    g = conv_geometry(xs, ws, padding=1, groups=groups)
-    dy = rng.standard_normal(g.output_shape).astype(np.float32)
-    bk = backprop_kernel(w, groups)
-    gi = conv_geometry(dy.shape, bk.shape, padding=1, groups=groups)  # 2 - P
-    cols = ib.im2col(x, (3,) * (len(xs) - 2), padding=1)  # (N, C·∏K, L)
-    wmat = w.reshape(ws[0], -1)
-    f32 = np.float32
-    contenders = {
-        "ib.conv forward": lambda: ib.conv(x, w, padding=1, groups=groups),
-        "ib.conv_grad_input": lambda: ib.conv_grad_input(dy, w, xs, padding=1, groups=groups),
-        "ib.conv_grad_weight": lambda: ib.conv_grad_weight(dy, x, ws, padding=1, groups=groups),
-    }
-    if groups == 1:
-        contenders["bare GEMM forward W·cols"] = lambda: np.matmul(wmat, cols)
-        contenders["bare GEMM weight δ·colsᵀ"] = lambda: np.matmul(
-            dy.reshape(xs[0], ws[0], -1), cols.transpose(0, 2, 1)).sum(0)
-        contenders["bare GEMM input Wᵀ·δ"] = lambda: np.matmul(wmat.T, dy.reshape(xs[0], ws[0], -1))
-    for tile in wg.TILES:
-        ch = _chunk(g, tile, 4)
-        chi = _chunk(gi, tile, 4)
-        contenders[f"winograd F({tile},3) forward (chunk {ch})"] = (
-            lambda tile=tile, ch=ch: wg.winograd_forward(g, x, w, tile=tile, dtype=f32,
-                                                         samples_per_chunk=ch))
-        contenders[f"winograd F({tile},3) input grad (chunk {chi})"] = (
-            lambda tile=tile, ch=chi: wg.winograd_forward(gi, dy, bk, tile=tile, dtype=f32,
-                                                          samples_per_chunk=ch))
-        contenders[f"winograd F({tile},3) weight grad (chunk {ch})"] = (
-            lambda tile=tile, ch=ch: wg.winograd_weight_gradient(g, x, dy, tile=tile, dtype=f32,
-                                                                 samples_per_chunk=ch))
-    times = {name: [] for name in contenders}
-    cpu = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, run in contenders.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    print(f"{'':52s} {'wall':>9s} {'cpu (all threads)':>18s}   medians of {args.repeats}")
-    for name in contenders:
-        print(f"{name:52s} {1e3 * float(np.median(times[name])):6.1f} ms "
-              f"{1e3 * float(np.median(cpu[name])):12.1f} ms")
-    # phase breakdown of the forward, unfused: whole-chunk V and M, one block per chunk
-    for tile in wg.TILES if len(xs) == 4 else ():
-        ch = _chunk(g, tile, 4)
-        tiles = wg._tiles(g, tile)
-        u = wg._transform_weight(w, g, tile, np.dtype(f32))
-        phases = {"input transform": [], "GEMMs": [], "output transform": []}
-        for _ in range(args.repeats):
-            with scratch_scope():
-                t = {k: 0.0 for k in phases}
-                for part in ib.workspace.chunk_slices(xs[0], ch):
-                    n = part.stop - part.start
-                    rows = slice(0, tiles[0])
-                    v = np.empty((tile + 2,) * 2 + tiles + (n, xs[1]), f32)
-                    m = np.empty((tile + 2,) * 2 + tiles + (n, ws[0]), f32)
-                    s = time.process_time()
-                    source, offset = wg._input_source(x[part], g, np.dtype(f32))
-                    wg._transform_input(source, offset, g, tile, rows, v)
-                    t["input transform"] += time.process_time() - s
-                    s = time.process_time()
-                    wg._multiply(u, v, m, groups)
-                    t["GEMMs"] += time.process_time() - s
-                    s = time.process_time()
-                    wg._output_transform(m, np.empty((n, ws[0]) + g.window.out_size, f32), g,
-                                         tile, rows)
-                    t["output transform"] += time.process_time() - s
-                for k in phases:
-                    phases[k].append(t[k])
-        print(f"F({tile},3) forward phases (cpu, unfused): " + ", ".join(
-            f"{k} {1e3 * float(np.median(v)):.1f} ms" for k, v in phases.items()))
+    dtype = np.dtype(args.dtype)
+    thread_counts = [ib.get_thread_limit()] + [t for t in args.threads
+                                               if t != ib.get_thread_limit()]
+    print(f"{args.dtype}, forward + backward, im2colbp threads {thread_counts[0]}; "
+          f"median over {args.rounds} rounds of the median of {args.repeats} calls")
+    print(f"{'config':10s} {'contender':26s} {'wall ms':>8s} {'cpu ms':>8s} {'vs im2col':>9s}")
+    for name in args.configs:
+        contenders = _contenders(name, dtype, thread_counts)
+        walls: Dict[str, List[float]] = {label: [] for label in contenders}
+        cpus: Dict[str, List[float]] = {label: [] for label in contenders}
+        labels = list(contenders)
+        for round_ in range(args.rounds):
+            order = labels[round_ % len(labels):] + labels[:round_ % len(labels)]
+            for label in order:
+                call, context = contenders[label]
+                with context():
+                    call()  # untimed: caches, scratch, plan
+                    wall, cpu = [], []
+                    for _ in range(args.repeats):
+                        start, start_cpu = time.perf_counter(), time.process_time()
+                        call()
+                        wall.append(time.perf_counter() - start)
+                        cpu.append(time.process_time() - start_cpu)
+                walls[label].append(float(np.median(wall)))
+                cpus[label].append(float(np.median(cpu)))
+        base = float(np.median(walls["im2col"]))
+        for label in labels:
+            wall_ms = 1e3 * float(np.median(walls[label]))
+            cpu_ms = 1e3 * float(np.median(cpus[label]))
+            print(f"{name:10s} {label:26s} {wall_ms:8.2f} {cpu_ms:8.2f} "
+                  f"{wall_ms / (1e3 * base):8.2f}x")
 
 
 if __name__ == "__main__":

@@ -410,10 +410,10 @@ def test_small_products_match_matmul_over_panels_and_the_rest(rng):
     np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("rank", [1, 2, 3])
 def test_gemm_transforms_match_the_passes(rank, rng, monkeypatch):
-    """The gather + Kronecker GEMM form (rank <= 2) equals the ufunc passes (rank 3's form)."""
-    shape = (7, 9)[:rank]
+    """The gather + Kronecker GEMM form (rank <= 3) equals the ufunc passes (rank 4's form)."""
+    shape = (7, 9, 6)[:rank]
     x = rng.standard_normal((3, 5) + shape)
     w = rng.standard_normal((4, 5) + (3,) * rank)
     dy = rng.standard_normal((3, 4) + shape)
