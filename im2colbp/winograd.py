@@ -429,6 +429,12 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
 #: 85 -> 71 ms, F(2, 3) 71 -> 63 ms. From rank 4 (1296 × 1296) the passes.
 _GEMM_TRANSFORM_RANK = 3
 
+#: The output transform as a GEMM needs a copy into y that interleaves m-sized
+#: runs (y's rows are tile by tile): for m = 2 those runs are too short, and
+#: F(2, 3) measured faster with the passes into channels-last staging and one
+#: moveaxis (resnet3x3, one core: 15 against 23 ms per f+b).
+_GEMM_OUTPUT_TILE = 4
+
 _KRON: Dict[Tuple[bytes, Tuple[int, ...], int, str], np.ndarray] = {}
 
 
@@ -745,7 +751,7 @@ def _forward_block(u: np.ndarray, source: np.ndarray, offset: Tuple[int, ...],
 #: the caller at 150 GFLOP/s; of 448×64×64 on 2 threads at 57 GFLOP/s in
 #: all). A block whose GEMMs stay below this runs whole (transform, GEMM,
 #: back-transform) in a worker thread, blocks side by side.
-_SMALL_GEMM = 2**19
+_SMALL_GEMM = 900_000
 
 
 def _work_blocks(geometry: ConvGeometry, tile: int, n: int,
@@ -828,7 +834,7 @@ def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry,
     n, channels = y_part.shape[:2]
     block_tiles = (rows.stop - rows.start,) + tiles[1:]
     first = rows.start * tile
-    if r <= _GEMM_TRANSFORM_RANK:
+    if r <= _GEMM_TRANSFORM_RANK and tile >= _GEMM_OUTPUT_TILE:
         # Y (m^r, *T, n, C) = (Aᵀ ⊗ ... ⊗ Aᵀ) · M, then one copy into y's tiles
         lanes = math.prod(block_tiles) * n * channels
         product = scratch("winograd.out.gemm", (tile ** r, lanes), m.dtype)

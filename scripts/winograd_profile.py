@@ -36,6 +36,7 @@ SHAPES = {"resnet3x3": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1),
           "conv3d": ((2, 16, 16, 32, 32), (32, 16, 3, 3, 3), 1, 1)}
 
 _totals: Dict[str, float] = defaultdict(float)
+_clock = time.perf_counter
 _local = threading.local()
 
 
@@ -45,11 +46,11 @@ def _wrap(module, name: str, label: str) -> None:
     def timed(*args, **kwargs):
         _stack = _local.__dict__.setdefault("stack", [])
         _stack.append([0.0])
-        start = time.perf_counter()
+        start = _clock()
         try:
             return original(*args, **kwargs)
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             children = _stack.pop()[0]
             _totals[label] += elapsed - children
             if _stack:
@@ -82,12 +83,18 @@ def main() -> None:
     parser.add_argument("--config", default="resnet3x3", choices=sorted(SHAPES))
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time (meaningful with one thread everywhere: "
+                             "OPENBLAS_NUM_THREADS=1 and --threads 1), robust on a busy machine")
     parser.add_argument("--threads", type=int, default=None,
                         help="im2colbp's thread limit (default: its default)")
     parser.add_argument("--block", type=int, default=None,
                         help="override winograd._BLOCK_BYTES (source bytes of a block)")
     args = parser.parse_args()
     xs, ws, groups, padding = SHAPES[args.config]
+    global _clock
+    if args.clock == "cpu":
+        _clock = time.process_time
     if args.threads is not None:
         ib.set_thread_limit(args.threads)
     if args.block is not None:
@@ -108,9 +115,9 @@ def main() -> None:
     run()
     plain = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start = _clock()
         run()
-        plain.append(time.perf_counter() - start)
+        plain.append(_clock() - start)
     for module, name, label in HELPERS:
         _wrap(module, name, label)
     run()
@@ -118,13 +125,14 @@ def main() -> None:
     totals = []
     for _ in range(args.repeats):
         _totals.clear()
-        start = time.perf_counter()
+        start = _clock()
         run()
-        totals.append(time.perf_counter() - start)
+        totals.append(_clock() - start)
         for _, _, label in HELPERS:
             per[label].append(_totals[label])
     tile = plan.WINOGRAD_TILES[4]
-    print(f"{args.config} float32 F({tile},3) f+b, threads {ib.get_thread_limit()}: "
+    print(f"{args.config} float32 F({tile},3) f+b, threads {ib.get_thread_limit()}, "
+          f"{args.clock} clock: "
           f"{1e3 * np.median(plain):.1f} ms unwrapped, {1e3 * np.median(totals):.1f} ms wrapped"
           f" (medians of {args.repeats})")
     accounted = 0.0
