@@ -781,13 +781,14 @@ def _work_blocks(geometry: ConvGeometry, tile: int, n: int,
     threaded = small and threads > 1
     if small:  # GEMMs BLAS runs in the caller: fast, and blocks may run side by side
         budget = max(1, min(budget // (threads if threaded else 1), _SMALL_GEMM // max(gemm, 1)))
-    if budget >= n:  # all samples, several tile rows
-        rows = budget // n
+    if budget >= n:  # all samples, several tile rows (as many in every block as can be)
+        rows = -(-tiles[0] // -(-tiles[0] // (budget // n)))
         blocks = [(slice(0, n), slice(start, min(tiles[0], start + rows)))
                   for start in range(0, tiles[0], rows)]
-    else:  # a few samples, one tile row
-        blocks = [(slice(first, min(n, first + budget)), slice(row, row + 1))
-                  for row in range(tiles[0]) for first in range(0, n, budget)]
+    else:  # a few samples (as many in every block as can be), one tile row
+        samples = -(-n // -(-n // budget))
+        blocks = [(slice(first, min(n, first + samples)), slice(row, row + 1))
+                  for row in range(tiles[0]) for first in range(0, n, samples)]
     return blocks, threaded and len(blocks) > 1
 
 
