@@ -14,16 +14,24 @@ GEMM per group over the tiles of a block::
 with U = G w Gᵀ (weights, once, in float64) and V = Bᵀ d B (input tiles).
 Tiles overlap by 2 samples; output tiles do not. Layout and engineering:
 
-* channels last: a block is ``(tile rows, *rest, n, C)``, so every 1-D pass
-  (a few small-integer multiply-adds per output, over strided views) runs
-  over long contiguous inner loops, and each GEMM reads contiguous rows;
-  F(4, 3)'s transforms use shared subexpressions (19 and 13 passes instead
-  of 28 and 24);
-* fused and blocked: per block of tile rows of the first spatial axis
-  (about ``_BLOCK_BYTES`` of source, all samples of the chunk) the input is
-  copied in (padding and casting on the way), transformed, multiplied and
-  transformed back into y, so the working set is the block's, not the
-  chunk's (:func:`winograd_sample_bytes`, :func:`winograd_fixed_bytes`).
+* channels last: a block is ``(tile rows, *rest, n, C)``, copied in from
+  ``(n, C, *S)`` once (padding and casting on the way), so that each GEMM
+  reads contiguous rows;
+* transforms as GEMMs (ranks 1 to 3): one strided copy gathers every tile's
+  α^r inputs, one GEMM with the Kronecker product ``Bᵀ ⊗ Bᵀ`` (36 × 36 for
+  F(4×4, 3×3)) transforms them all, and one with ``Aᵀ ⊗ Aᵀ`` maps M back,
+  followed by one copy into y's tiles; from rank 4 the transforms are 1-D
+  passes of small multiply-adds over strided views;
+* fused and blocked: per block (a few tile rows of a few samples: about
+  ``_BLOCK_BYTES`` of source, and GEMMs small enough that BLAS runs them in
+  the calling thread, :data:`_SMALL_GEMM`) the input is copied in,
+  transformed, multiplied and transformed back into y, so the working set
+  is the block's, not the chunk's (:func:`winograd_sample_bytes`,
+  :func:`winograd_fixed_bytes`);
+* threads: such blocks run side by side under :func:`im2colbp.parallel.parallel_for`
+  (each thread its own scratch, the weight gradient's partial sums added in a
+  fixed order); blocks whose GEMMs are large keep the GEMMs on BLAS's threads
+  and split only their copies and transforms over tile rows.
 
 Gradients in Winograd form (derived in ``docs/winograd.md``):
 
@@ -35,10 +43,11 @@ Gradients in Winograd form (derived in ``docs/winograd.md``):
   tiles), then ``dW = Gᵀ dU G``: the *transposes* of the forward transforms.
 
 Accuracy: see :data:`ERROR_BOUNDS`. In float32, F(2, 3) is as accurate as
-the lowering (about 1e-6 relative or better on the benchmark's shapes); F(4, 3) is
-about 15 times worse in 2-D (up to 1.05e-5 on resnet3x3) and worse again in
-3-D: its transforms hold 4, 5, 8 and 1/6, 1/24, and cancellation in Aᵀ
-amplifies the GEMM's rounding. In float64 both are below 1e-13.
+the lowering (below 1e-6 relative on the benchmark's shapes); F(4, 3), at
+the points 0, ±1, 1/2, -2 (not Lavin & Gray's 0, ±1, ±2), is about 5 times
+worse in 2-D (3.4e-6 on resnet3x3; ±2 gave 1.05e-5) and 7.1e-6 in 3-D:
+cancellation in Aᵀ amplifies the GEMM's rounding. In float64 both are below
+1e-13.
 
 Non-finite values: a tile mixes its inputs, so an inf or nan in x, δ or the
 weight spreads nan over whole tiles (the direct method would give inf at the
@@ -49,13 +58,14 @@ to im2col for non-finite operands.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .geometry import ConvGeometry
 from .lowering import pad_into
+from .parallel import get_thread_limit, parallel_for
 from .workspace import chunk_slices, get_workspace_limit, scratch, scratch_scope
 
 __all__ = [
@@ -74,17 +84,18 @@ TILES = (2, 4)
 
 #: Float32 error bounds per ``(tile, rank)``: max |result - exact| over the
 #: output, relative to its max |exact|, for standard-normal data. Measured
-#: (``scripts/winograd_error.py`` and the 1-D/3-D runs quoted in
+#: (``scripts/winograd_error.py`` and the 1-D run quoted in
 #: ``docs/winograd.md``), worst of forward, input and weight gradient:
-#: F(2, 3) 4.3e-7 (1-D), 7.5e-7 (2-D: teach, resnet3x3, depthwise), 1.2e-6
-#: (3-D: conv3d's weight gradient); F(4, 3) 1.5e-6 (1-D), 1.05e-5 (2-D,
-#: resnet3x3's input gradient; its forward 9.7e-6), 2.4e-5 (3-D). The
-#: float32 lowering is about 6e-7.
+#: F(2, 3) 4.3e-7 (1-D), 6.8e-7 (2-D: teach, resnet3x3, depthwise), 8.5e-7
+#: (3-D: conv3d's weight gradient); F(4, 3) at the points 0, ±1, 1/2, -2:
+#: 1.0e-6 (1-D), 3.4e-6 (2-D, resnet3x3's input gradient; its forward
+#: 2.8e-6), 7.1e-6 (3-D, conv3d's input gradient). The float32 lowering is
+#: about 6e-7 (9.4e-7 on conv3d).
 #: The bounds leave a factor of about 2; the tests hold the kernels to them
 #: relative to ``max conv(|x|, |w|)``, the scale rounding errors grow with.
 #: Float64: below 1e-13 for both tiles and every rank.
 ERROR_BOUNDS = {(2, 1): 2e-6, (2, 2): 2e-6, (2, 3): 3e-6,
-                (4, 1): 3e-6, (4, 2): 2.5e-5, (4, 3): 6e-5}
+                (4, 1): 3e-6, (4, 2): 8e-6, (4, 3): 1.5e-5}
 
 #: Bytes of source (tile rows of all samples of a chunk) that one block of the
 #: fused transform–GEMM–back-transform aims at: its buffers (ten to twenty
@@ -92,8 +103,12 @@ ERROR_BOUNDS = {(2, 1): 2e-6, (2, 2): 2e-6, (2, 3): 3e-6,
 #: 256 KiB–2 MiB on resnet3x3 (single thread, CPU time).
 _BLOCK_BYTES = 2**19
 
-# (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Lavin & Gray's points
-# 0, ±1 for m = 2 and 0, ±1, ±2 for m = 4, plus the point at infinity).
+# (Bᵀ, G, Aᵀ) per tile size m; exact small rationals (Toom–Cook at the points
+# 0, ±1 for m = 2, Lavin & Gray's, and 0, ±1, 1/2, -2 for m = 4, plus the
+# point at infinity). For m = 4 Lavin & Gray use 0, ±1, ±2; 1/2 and -2
+# (Barabasz et al., 2018) keep Aᵀ's entries at most 8 and measured 3.6 times
+# less float32 error on resnet3x3 (2.8e-6 against 1.0e-5). Rows of Bᵀ are
+# scaled to integers, G's rows by the inverse (exact: powers of 2).
 _MATRICES: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {
     2: (
         np.array([[1, 0, -1, 0],
@@ -108,22 +123,22 @@ _MATRICES: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {
                   [0, 1, -1, -1]], dtype=np.float64),
     ),
     4: (
-        np.array([[4, 0, -5, 0, 1, 0],
-                  [0, -4, -4, 1, 1, 0],
-                  [0, 4, -4, -1, 1, 0],
+        np.array([[2, -3, -4, 3, 2, 0],
+                  [0, -2, 1, 5, 2, 0],
+                  [0, 2, -5, 1, 2, 0],
                   [0, -2, -1, 2, 1, 0],
-                  [0, 2, -1, -2, 1, 0],
-                  [0, 4, 0, -5, 0, 1]], dtype=np.float64),
-        np.array([[1 / 4, 0, 0],
-                  [-1 / 6, -1 / 6, -1 / 6],
+                  [0, 1, -2, -1, 2, 0],
+                  [0, 2, -3, -4, 3, 2]], dtype=np.float64),
+        np.array([[1 / 2, 0, 0],
+                  [1 / 6, 1 / 6, 1 / 6],
                   [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6],
-                  [1 / 24, -1 / 12, 1 / 6],
-                  [0, 0, 1]], dtype=np.float64),
+                  [-16 / 15, -8 / 15, -4 / 15],
+                  [1 / 30, -1 / 15, 2 / 15],
+                  [0, 0, 1 / 2]], dtype=np.float64),
         np.array([[1, 1, 1, 1, 1, 0],
-                  [0, 1, -1, 2, -2, 0],
-                  [0, 1, 1, 4, 4, 0],
-                  [0, 1, -1, 8, -8, 1]], dtype=np.float64),
+                  [0, 1, -1, 1 / 2, -2, 0],
+                  [0, 1, 1, 1 / 4, 4, 0],
+                  [0, 1, -1, 1 / 8, -8, 1]], dtype=np.float64),
     ),
 }
 
@@ -262,22 +277,29 @@ def winograd_sample_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> i
 def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> int:
     """Scratch bytes that do not grow with the chunk: transformed weights, block buffers.
 
-    The transformed weights U and the weight gradient's dU, α^r·C_out·C_in/G
-    elements each, plus the buffers of a block of about ``_BLOCK_BYTES`` of
-    source (512 KiB), which hold ten to twenty times that. With
-    :func:`winograd_sample_bytes` this bounds every buffer of a call:
-    ``samples_per_chunk * sample_bytes + fixed_bytes``.
+    The transformed weights U or the weight gradient's dU, α^r·C_out·C_in/G
+    elements, and two more of that size per thread of
+    :func:`im2colbp.get_thread_limit` (each thread's partial dU and its
+    GEMM's result), plus the buffers of about ``_BLOCK_BYTES`` of source
+    (512 KiB; threads share it, each a block of its part), which hold ten to
+    twenty times that. With :func:`winograd_sample_bytes` this bounds every
+    buffer of a call, in every thread: ``samples_per_chunk * sample_bytes +
+    fixed_bytes``.
 
     Examples
     --------
+    >>> import im2colbp as ib
     >>> from im2colbp.geometry import conv_geometry
     >>> g = conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> winograd_fixed_bytes(g, 4, 4) // 2**20
-    7
+    >>> with ib.thread_limit(1):
+    ...     winograd_fixed_bytes(g, 4, 4) // 2**20
+    8
     """
     _check_tile(tile)
     positions = (tile + 2) ** geometry.rank
-    weights = 2 * positions * geometry.out_channels * (geometry.in_channels // geometry.groups)
+    # U (or dU), and per thread a partial dU and the GEMM's result before it is added
+    weights = (1 + 2 * get_thread_limit()) * positions * geometry.out_channels * (
+        geometry.in_channels // geometry.groups)
     row, source = _row_elements(geometry, tile)
     blocks = -(-_block_bytes(geometry, tile) * row // max(source, 1))
     return weights * itemsize + blocks
@@ -356,62 +378,9 @@ def _spread_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
     views = [source[_along(source, axis, slice(j, j + stop, step))]
              for j in range(matrix.shape[1])]
     outs = [out[_along(out, lead, xi)] for xi in range(matrix.shape[0])]
-    if matrix is _MATRICES[4][0]:
-        _input_transform_4(views, outs, tmp)
-        return
     for xi, target in enumerate(outs):
         terms = [(float(c), views[j]) for j, c in enumerate(matrix[xi]) if c != 0]
         _combine(target, terms, tmp)
-
-
-def _input_transform_4(x: Sequence[np.ndarray], r: Sequence[np.ndarray], tmp: np.ndarray) -> None:
-    """F(4, 3)'s Bᵀ with shared subexpressions: 19 ufunc passes instead of 28.
-
-    r0 = 4(x0 - x2) + (x4 - x2)        r3, r4 = (x4 - x2) ± 2(x3 - x1)
-    r1 = (x3 + x4) - 4(x1 + x2)        r2 = (x4 - x3) + 4(x1 - x2)
-    r5 = 4(x1 - x3) + (x5 - x3)
-    """
-    np.subtract(x[4], x[2], out=r[4])            # b = x4 - x2
-    np.subtract(x[0], x[2], out=r[0])
-    np.multiply(r[0], 4, out=r[0])
-    np.add(r[0], r[4], out=r[0])                 # r0 = 4(x0 - x2) + b
-    np.subtract(x[3], x[1], out=tmp)
-    np.multiply(tmp, 2, out=tmp)                 # t = 2(x3 - x1)
-    np.add(r[4], tmp, out=r[3])                  # r3 = b + t
-    np.subtract(r[4], tmp, out=r[4])             # r4 = b - t
-    np.multiply(tmp, -2, out=r[5])               # 4(x1 - x3)
-    np.add(r[5], x[5], out=r[5])
-    np.subtract(r[5], x[3], out=r[5])            # r5
-    np.add(x[1], x[2], out=tmp)
-    np.multiply(tmp, 4, out=tmp)
-    np.add(x[3], x[4], out=r[1])
-    np.subtract(r[1], tmp, out=r[1])             # r1
-    np.subtract(x[1], x[2], out=tmp)
-    np.multiply(tmp, 4, out=tmp)
-    np.subtract(x[4], x[3], out=r[2])
-    np.add(r[2], tmp, out=r[2])                  # r2
-
-
-def _output_transform_4(m: Sequence[np.ndarray], y: Sequence[np.ndarray],
-                        tmp: np.ndarray) -> None:
-    """F(4, 3)'s Aᵀ with shared subexpressions: 13 ufunc passes instead of 24.
-
-    With s1, d1 = m1 ± m2 and s2, d2 = m3 ± m4:
-    y0 = m0 + s1 + s2,  y1 = d1 + 2 d2,  y2 = s1 + 4 s2,  y3 = d1 + 8 d2 + m5.
-    """
-    np.subtract(m[1], m[2], out=y[1])            # d1
-    np.add(m[1], m[2], out=y[2])                 # s1
-    np.add(m[3], m[4], out=tmp)                  # s2
-    np.add(m[0], y[2], out=y[0])
-    np.add(y[0], tmp, out=y[0])                  # y0
-    np.multiply(tmp, 4, out=tmp)
-    np.add(y[2], tmp, out=y[2])                  # y2
-    np.subtract(m[3], m[4], out=tmp)             # d2
-    np.add(y[1], m[5], out=y[3])
-    np.multiply(tmp, 2, out=tmp)
-    np.add(y[1], tmp, out=y[1])                  # y1
-    np.multiply(tmp, 4, out=tmp)
-    np.add(y[3], tmp, out=y[3])                  # y3
 
 
 def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: int,
@@ -419,9 +388,6 @@ def _gather_pass(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, lead: 
     """``out[j at axis] = Σ_ξ matrix[j, ξ] · source[ξ at lead]`` (the ξ axis disappears)."""
     views = [source[_along(source, lead, xi)] for xi in range(matrix.shape[1])]
     outs = [out[_along(out, axis, j)] for j in range(matrix.shape[0])]
-    if matrix is _MATRICES[4][2]:
-        _output_transform_4(views, outs, tmp)
-        return
     for j, target in enumerate(outs):
         terms = [(float(c), views[xi]) for xi, c in enumerate(matrix[j]) if c != 0]
         _combine(target, terms, tmp)
@@ -436,6 +402,9 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
     prepends its α transformed positions (after those of earlier axes).
     """
     r = len(tiles)
+    if r <= _GEMM_TRANSFORM_RANK:
+        _gemm_transform_tiles(source, out, matrix, step, tiles, name)
+        return
     lead = 0
     alpha = matrix.shape[0]
     current = source
@@ -451,6 +420,79 @@ def _transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, st
         tmp = scratch(f"{name}.tmp", target.shape[:axis] + target.shape[axis + 1:], out.dtype)
         _spread_pass(current, target, matrix, axis, spatial, step, tiles[axis], tmp)
         current = target
+
+#: Ranks up to which a block's transforms are one GEMM with the Kronecker
+#: product of the 1-D transforms (α^r × α^r: 36 × 36 for F(4×4, 3×3), 216 ×
+#: 216 for F(4×4×4, 3×3×3)) on the tiles gathered by one strided copy,
+#: instead of r passes of ufuncs (about 40 for F(4×4, 3×3)). Measured (one
+#: core, f+b CPU time): resnet3x3 F(4, 3) 69 -> 57 ms, conv3d F(4, 3)
+#: 85 -> 71 ms, F(2, 3) 71 -> 63 ms. From rank 4 (1296 × 1296) the passes.
+_GEMM_TRANSFORM_RANK = 3
+
+#: The output transform as a GEMM needs a copy into y that interleaves m-sized
+#: runs (y's rows are tile by tile): for m = 2 those runs are too short, and
+#: F(2, 3) measured faster with the passes into channels-last staging and one
+#: moveaxis (resnet3x3, one core: 15 against 23 ms per f+b).
+_GEMM_OUTPUT_TILE = 4
+
+_KRON: Dict[Tuple[bytes, Tuple[int, ...], int, str], np.ndarray] = {}
+
+
+def _kron(matrix: np.ndarray, rank: int, dtype: np.dtype) -> np.ndarray:
+    """``matrix ⊗ ... ⊗ matrix`` (rank factors) in ``dtype``: the r-d transform of a tile."""
+    key = (matrix.tobytes(), matrix.shape, rank, dtype.str)
+    cached = _KRON.get(key)
+    if cached is None:
+        cached = matrix
+        for _ in range(rank - 1):
+            cached = np.kron(cached, matrix)
+        cached = _KRON[key] = np.ascontiguousarray(cached, dtype=dtype)
+    return cached
+
+
+def _small_products(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a · b`` ((P, Q) · (Q, N) -> (P, N)) in column panels whose GEMMs BLAS runs
+    in the calling thread (M·N·K up to :data:`_SMALL_GEMM`), so that it may run inside
+    a threaded part; one batched ``matmul`` over the full panels, one for the rest."""
+    p, q = a.shape
+    n = b.shape[1]
+    width = max(16, _SMALL_GEMM // (p * q) // 16 * 16)
+    full = n // width * width
+    if full:
+        np.matmul(a, b[:, :full].reshape(q, -1, width).transpose(1, 0, 2),
+                  out=out[:, :full].reshape(p, -1, width).transpose(1, 0, 2))
+    if full < n:
+        np.matmul(a, b[:, full:], out=out[:, full:])
+
+
+def _flat(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """A view of ``array`` with ``shape`` (never a copy: raises if the strides forbid it)."""
+    view = array.view()
+    view.shape = shape
+    return view
+
+
+def _gemm_transform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, step: int,
+                          tiles: Tuple[int, ...], name: str) -> None:
+    """:func:`_transform_tiles` as one strided gather and one GEMM (Kronecker power of ``matrix``).
+
+    ``source`` (*S, n, C) must be C-contiguous; tile t of axis a is
+    ``source[step·t : step·t + s]`` along a (s = ``matrix.shape[1]``). The
+    gather copies every tile's s^r samples to ``(s^r, *T, n·C)`` (inner loops
+    of n·C contiguous elements); the GEMM maps them to the α^r positions.
+    """
+    r = len(tiles)
+    alpha, span = matrix.shape
+    lanes = source.shape[-2] * source.shape[-1]
+    item = source.itemsize
+    strides = source.strides[:r]
+    view = np.lib.stride_tricks.as_strided(
+        source, (span,) * r + tuple(tiles) + (lanes,),
+        tuple(strides) + tuple(step * stride for stride in strides) + (item,), writeable=False)
+    gathered = scratch(f"{name}.gather", (span ** r, math.prod(tiles) * lanes), out.dtype)
+    np.copyto(_flat(gathered, view.shape), view)
+    _small_products(_kron(matrix, r, out.dtype), gathered,
+                    _flat(out, (alpha ** r, gathered.shape[1])))
 
 
 def _untransform_tiles(source: np.ndarray, out: np.ndarray, matrix: np.ndarray, rank: int,
@@ -529,17 +571,6 @@ def _check_arrays(geometry: ConvGeometry, x: np.ndarray, name: str, shape: Tuple
         raise ValueError(f"samples_per_chunk must be >= 1, got {samples_per_chunk}")
 
 
-def _blocks(tiles: Tuple[int, ...], row_bytes: int, block_bytes: int) -> Iterator[slice]:
-    """Cache-sized blocks of tile rows along the first spatial axis.
-
-    ``row_bytes`` is the source of one tile row (all samples of the chunk,
-    all channels); a block holds about ``block_bytes`` of it, at least a row.
-    """
-    rows = max(1, block_bytes // max(row_bytes, 1))
-    for start in range(0, tiles[0], rows):
-        yield slice(start, min(tiles[0], start + rows))
-
-
 def _fill(block: np.ndarray, source: np.ndarray, offset: Sequence[int], start: int) -> None:
     """Place ``source`` (n, C, *S) at coordinates ``offset`` into ``block`` (*R, n, C).
 
@@ -582,15 +613,6 @@ def _input_source(x_part: np.ndarray, geometry: ConvGeometry,
     padded = scratch("winograd.modepad", x_part.shape[:2] + window.padded_size, dtype)
     pad_into(x_part, window, padded)
     return padded, (0,) * geometry.rank
-
-
-def _row_blocks(geometry: ConvGeometry, tile: int, n: int, itemsize: int) -> Iterator[slice]:
-    """The cache-sized blocks of tile rows (first spatial axis) one chunk of n runs in."""
-    tiles = _tiles(geometry, tile)
-    aligned = tuple(t * tile + 2 for t in tiles)
-    channels = max(geometry.in_channels, geometry.out_channels)
-    return _blocks(tiles, tile * math.prod(aligned[1:]) * n * channels * itemsize,
-                   _block_bytes(geometry, tile))
 
 
 def _transform_input(source: np.ndarray, offset: Tuple[int, ...], geometry: ConvGeometry,
@@ -649,12 +671,13 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     -----
     Multiplications per output tile and channel pair: α^r against
     m^r·3^r for im2col — 16/36 (2.25× fewer) for F(2×2, 3×3), 36/144 (4×
-    fewer) for F(4×4, 3×3). The transforms cost O(α^r) adds per tile and
-    channel and are memory-bound.
+    fewer) for F(4×4, 3×3). The transforms cost α^r·α^r multiply-adds per
+    tile and channel as GEMMs up to 3-D (O(α^r) adds as passes from 4-D)
+    and, with the copies in and out, are memory-bound.
 
     Error bound (float32, ``max|error| / max|exact|`` against float64, standard
     normal data): :data:`ERROR_BOUNDS` — F(2, 3) 2e-6 (3e-6 in 3-D); F(4, 3)
-    3e-6 in 1-D, 2.5e-5 in 2-D, 6e-5 in 3-D. Float64: 1e-13.
+    3e-6 in 1-D, 8e-6 in 2-D, 1.5e-5 in 3-D. Float64: 1e-13.
 
     Examples
     --------
@@ -678,31 +701,128 @@ def winograd_forward(geometry: ConvGeometry, x: ArrayLike, weight: ArrayLike, *,
     if tuple(weight.shape) != geometry.weight_shape:
         raise ValueError(f"weight must have shape {geometry.weight_shape}, "
                          f"got {tuple(weight.shape)}")
-    r = geometry.rank
     y = np.empty((batch, geometry.out_channels) + geometry.window.out_size, dtype=dtype)
     if y.size == 0:
         return y
     if geometry.in_channels == 0:
         y[...] = 0
         return y
-    tiles = _tiles(geometry, tile)
-    alphas = (tile + 2,) * r
     u = _transform_weight(weight, geometry, tile, dtype)  # (α^r, G, C_in/G, C_out/G)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
                + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
-            n = part.stop - part.start
             source, offset = _input_source(x[part], geometry, dtype)
-            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
-                # transform, multiply and transform back one cache-sized block at a time
-                block = alphas + (rows.stop - rows.start,) + tiles[1:]
-                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
-                _transform_input(source, offset, geometry, tile, rows, v)
-                m = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
-                _multiply(u, v, m, geometry.groups)
-                _output_transform(m, y[part], geometry, tile, rows)
+            y_part = y[part]
+
+            def run(block: Tuple[slice, slice], source=source, offset=offset,
+                    y_part=y_part) -> None:
+                samples, rows = block
+                _forward_block(u, source[samples], offset, y_part[samples], geometry, tile,
+                               rows)
+
+            _run_blocks(run, _work_blocks(geometry, tile, part.stop - part.start, dtype),
+                        x[part].nbytes + y_part.nbytes)
     return y
+
+
+def _forward_block(u: np.ndarray, source: np.ndarray, offset: Tuple[int, ...],
+                   y_part: np.ndarray, geometry: ConvGeometry, tile: int, rows: slice) -> None:
+    """Transform, multiply and transform back one block: tile ``rows`` of ``source``'s samples.
+
+    Inside a threaded block (:func:`_run_blocks`) everything runs in the
+    calling thread; a block run alone splits its transforms over threads by
+    tile rows (:func:`_in_threads`) around the GEMMs, which BLAS threads.
+    """
+    r = geometry.rank
+    n = source.shape[0]
+    block = (tile + 2,) * r + (rows.stop - rows.start,) + _tiles(geometry, tile)[1:]
+    v = scratch("winograd.v", block + (n, geometry.in_channels), u.dtype)
+    m = scratch("winograd.m", block + (n, geometry.out_channels), u.dtype)
+    _in_threads(rows, v.nbytes, lambda sub, inner: _transform_input(
+        source, offset, geometry, tile, sub, v[inner]), r)
+    _multiply(u, v, m, geometry.groups)
+    _in_threads(rows, m.nbytes, lambda sub, inner: _output_transform(
+        m[inner], y_part, geometry, tile, sub), r)
+
+
+#: M·N·K of one GEMM up to which OpenBLAS runs it in the calling thread
+#: (0.3.31, SkylakeX, measured: 36 GEMMs of 224×64×64, M·N·K = 917504, ran in
+#: the caller at 150 GFLOP/s; of 448×64×64 on 2 threads at 57 GFLOP/s in
+#: all). A block whose GEMMs stay below this runs whole (transform, GEMM,
+#: back-transform) in a worker thread, blocks side by side.
+_SMALL_GEMM = 900_000
+
+
+def _work_blocks(geometry: ConvGeometry, tile: int, n: int,
+                 dtype: np.dtype) -> Tuple[Sequence[Tuple[slice, slice]], bool]:
+    """The blocks (sample range, tile rows) a chunk of n samples runs in, and whether
+    they run side by side in threads.
+
+    A unit is one tile row (first spatial axis) of one sample. A block holds
+    about :func:`_block_bytes` of source (all samples, as many tile rows as
+    fit). When a unit's GEMMs are small (M·N·K up to :data:`_SMALL_GEMM`:
+    BLAS then runs them in the calling thread, at about 2.5 times the speed
+    it reaches splitting them over 2 threads), blocks shrink so that their
+    GEMMs stay small; when the thread limit is above 1 they then run side by
+    side, each thread's block a share of the cache budget (so that
+    :func:`winograd_fixed_bytes` holds for any thread count).
+    """
+    tiles = _tiles(geometry, tile)
+    aligned = tuple(t * tile + 2 for t in tiles)
+    channels = max(geometry.in_channels, geometry.out_channels)
+    unit_bytes = max(1, tile * math.prod(aligned[1:]) * channels * dtype.itemsize)
+    budget = max(1, _block_bytes(geometry, tile) // unit_bytes)  # units per block
+    groups = geometry.groups
+    gemm = math.prod(tiles[1:]) * (geometry.in_channels // groups) * (
+        geometry.out_channels // groups)
+    small = gemm <= _SMALL_GEMM
+    threads = get_thread_limit()
+    threaded = small and threads > 1
+    if small:  # GEMMs BLAS runs in the caller: fast, and blocks may run side by side
+        budget = max(1, min(budget // (threads if threaded else 1), _SMALL_GEMM // max(gemm, 1)))
+    if budget >= n:  # all samples, several tile rows (as many in every block as can be)
+        rows = -(-tiles[0] // -(-tiles[0] // (budget // n)))
+        blocks = [(slice(0, n), slice(start, min(tiles[0], start + rows)))
+                  for start in range(0, tiles[0], rows)]
+    else:  # a few samples (as many in every block as can be), one tile row
+        samples = -(-n // -(-n // budget))
+        blocks = [(slice(first, min(n, first + samples)), slice(row, row + 1))
+                  for row in range(tiles[0]) for first in range(0, n, samples)]
+    return blocks, threaded and len(blocks) > 1
+
+
+def _run_blocks(function: Callable[[Tuple[slice, slice]], None],
+                planned: Tuple[Sequence[Tuple[slice, slice]], bool], work_bytes: int) -> None:
+    """``function(block)`` for every block of :func:`_work_blocks`, side by side when threaded."""
+    blocks, threaded = planned
+    if not threaded:
+        for block in blocks:
+            function(block)
+        return
+
+    def part(piece: slice) -> None:
+        with scratch_scope():
+            for block in blocks[piece]:
+                function(block)
+
+    parallel_for(part, len(blocks), work_bytes)
+
+
+def _in_threads(rows: slice, work_bytes: int, function, rank: int) -> None:
+    """Run ``function(sub, inner)`` over parts of the block's tile ``rows``, in threads.
+
+    ``sub`` is a part's tile rows (absolute), ``inner`` the index of its rows
+    in the block's buffers (whose tile-row axis follows the α^r positions).
+    Parts write disjoint tile rows; each part's temporaries come from its own
+    thread's scratch pool. Bounded by :func:`im2colbp.thread_limit`.
+    """
+    def part(piece: slice) -> None:
+        with scratch_scope():
+            function(slice(rows.start + piece.start, rows.start + piece.stop),
+                     (slice(None),) * rank + (piece,))
+
+    parallel_for(part, rows.stop - rows.start, work_bytes)
 
 
 def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry, tile: int,
@@ -714,10 +834,29 @@ def _output_transform(m: np.ndarray, y_part: np.ndarray, geometry: ConvGeometry,
     out_size = geometry.window.out_size
     n, channels = y_part.shape[:2]
     block_tiles = (rows.stop - rows.start,) + tiles[1:]
+    first = rows.start * tile
+    if r <= _GEMM_TRANSFORM_RANK and tile >= _GEMM_OUTPUT_TILE:
+        # Y (m^r, *T, n, C) = (Aᵀ ⊗ ... ⊗ Aᵀ) · M, then one copy into y's tiles
+        lanes = math.prod(block_tiles) * n * channels
+        product = scratch("winograd.out.gemm", (tile ** r, lanes), m.dtype)
+        _small_products(_kron(at, r, m.dtype), _flat(m, ((tile + 2) ** r, lanes)), product)
+        # (i_1..i_r, T_1..T_r, n, C) -> (n, C, T_1, i_1, ..., T_r, i_r)
+        order = (2 * r, 2 * r + 1) + sum(((r + a, a) for a in range(r)), ())
+        tiled = product.reshape((tile,) * r + block_tiles + (n, channels)).transpose(order)
+        valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
+        target = y_part[:, :, first:first + valid[0]]
+        if all(t * tile == v for t, v in zip(block_tiles, valid)):
+            _flat(target, (n, channels) + sum(((t, tile) for t in block_tiles), ()))[...] = tiled
+        else:  # ragged: the last tiles reach beyond O
+            stage = scratch("winograd.stage", (n, channels) + sum(
+                ((t, tile) for t in block_tiles), ()), m.dtype)
+            stage[...] = tiled
+            stage = stage.reshape((n, channels) + tuple(t * tile for t in block_tiles))
+            target[...] = stage[(slice(None),) * 2 + tuple(slice(0, v) for v in valid)]
+        return
     stage = scratch("winograd.stage", sum(((t, tile) for t in block_tiles), ()) + (n, channels),
                     m.dtype)
     _untransform_tiles(m, stage, at, r, "winograd.out")
-    first = rows.start * tile
     valid = (min(block_tiles[0] * tile, out_size[0] - first),) + out_size[1:]
     stage = stage.reshape(tuple(t * tile for t in block_tiles) + (n, channels))
     stage = stage[tuple(slice(0, v) for v in valid)]
@@ -736,6 +875,32 @@ def _transform_delta(dy_part: np.ndarray, geometry: ConvGeometry, tile: int, row
                     delta.dtype)
     _fill(block, dy_part, (0,) * geometry.rank, rows.start * tile)
     _transform_tiles(block, delta, at.T, tile, (nrows,) + tiles[1:], "winograd.delta")
+
+
+def _weight_block(du: np.ndarray, source: np.ndarray, offset: Tuple[int, ...],
+                  dy_part: np.ndarray, geometry: ConvGeometry, tile: int, rows: slice) -> None:
+    """``du += Σ_tiles Vᵀ·Δ`` over one block: tile ``rows`` of the samples of ``source``."""
+    r = geometry.rank
+    groups = geometry.groups
+    positions, ci, co = du.shape[0], du.shape[2], du.shape[3]
+    n = source.shape[0]
+    block = (tile + 2,) * r + (rows.stop - rows.start,) + _tiles(geometry, tile)[1:]
+    v = scratch("winograd.v", block + (n, geometry.in_channels), du.dtype)
+    delta = scratch("winograd.m", block + (n, geometry.out_channels), du.dtype)
+
+    def both(sub: slice, inner: tuple) -> None:
+        _transform_input(source, offset, geometry, tile, sub, v[inner])
+        _transform_delta(dy_part, geometry, tile, sub, delta[inner])
+
+    _in_threads(rows, v.nbytes + delta.nbytes, both, r)
+    v3 = v.reshape(positions, -1, groups, ci)
+    d3 = delta.reshape(positions, -1, groups, co)
+    if groups == 1:
+        du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
+    elif ci == 1 and co == 1:  # depthwise: per-position dot products
+        du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
+    else:
+        du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
 
 
 def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike, *,
@@ -769,7 +934,7 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     Notes
     -----
     Error bound (float32, relative to ``max|dW|``): :data:`ERROR_BOUNDS`, as for
-    :func:`winograd_forward` (resnet3x3 measured 7.5e-7 for F(2, 3), 5.0e-6
+    :func:`winograd_forward` (resnet3x3 measured 4.5e-7 for F(2, 3), 1.6e-6
     for F(4, 3)). The sum over n·T tiles runs in the GEMM's precision like
     im2col's ``δ · colsᵀ``.
 
@@ -799,27 +964,31 @@ def winograd_weight_gradient(geometry: ConvGeometry, x: ArrayLike, dy: ArrayLike
     positions = (tile + 2) ** r
     if batch == 0 or geometry.out_channels == 0 or geometry.in_channels == 0:
         return np.zeros(geometry.weight_shape, dtype=dtype)
-    tiles = _tiles(geometry, tile)
-    alphas = (tile + 2,) * r
     du = np.zeros((positions, groups, ci, co), dtype=dtype)
     planned = (samples_per_chunk * winograd_sample_bytes(geometry, tile, dtype.itemsize)
                + winograd_fixed_bytes(geometry, tile, dtype.itemsize))
     with scratch_scope(planned):
         for part in chunk_slices(batch, samples_per_chunk):
-            n = part.stop - part.start
             source, offset = _input_source(x[part], geometry, dtype)
-            for rows in _row_blocks(geometry, tile, n, dtype.itemsize):
-                block = alphas + (rows.stop - rows.start,) + tiles[1:]
-                v = scratch("winograd.v", block + (n, geometry.in_channels), dtype)
-                _transform_input(source, offset, geometry, tile, rows, v)
-                delta = scratch("winograd.m", block + (n, geometry.out_channels), dtype)
-                _transform_delta(dy[part], geometry, tile, rows, delta)
-                v3 = v.reshape(positions, -1, groups, ci)
-                d3 = delta.reshape(positions, -1, groups, co)
-                if groups == 1:
-                    du[:, 0] += np.matmul(v3[:, :, 0].swapaxes(1, 2), d3[:, :, 0])
-                elif ci == 1 and co == 1:  # depthwise: per-position dot products
-                    du[:, :, 0, 0] += np.einsum("ptg,ptg->pg", v3[..., 0], d3[..., 0])
-                else:
-                    du += np.matmul(v3.transpose(0, 2, 3, 1), d3.transpose(0, 2, 1, 3))
+            dy_part = dy[part]
+            blocks, threaded = _work_blocks(geometry, tile, part.stop - part.start, dtype)
+            if not threaded:
+                for samples, rows in blocks:
+                    _weight_block(du, source[samples], offset, dy_part[samples], geometry,
+                                  tile, rows)
+                continue
+            partials: Dict[int, np.ndarray] = {}
+
+            def run(piece: slice, source=source, offset=offset, dy_part=dy_part,
+                    blocks=blocks, partials=partials, shape=du.shape) -> None:
+                own = np.zeros(shape, dtype)  # each thread sums its blocks, then they are added
+                with scratch_scope():
+                    for samples, rows in blocks[piece]:
+                        _weight_block(own, source[samples], offset, dy_part[samples],
+                                      geometry, tile, rows)
+                partials[piece.start] = own
+
+            parallel_for(run, len(blocks), x[part].nbytes + dy_part.nbytes)
+            for start in sorted(partials):
+                du += partials[start]
     return np.ascontiguousarray(_untransform_weight_gradient(du, geometry, tile), dtype=dtype)
