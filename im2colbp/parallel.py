@@ -34,6 +34,7 @@ from typing import Callable, Iterator, List, Optional
 import numpy as np
 
 from .geometry import as_int
+from .workspace import release_scratch
 
 __all__ = [
     "MAX_DEFAULT_THREADS",
@@ -176,6 +177,17 @@ def _run_marked(function: Callable[[slice], None], part: slice) -> None:
         _inside.active = False
 
 
+def _run_in_worker(function: Callable[[slice], None], part: slice) -> None:
+    """A part in a pool thread: its scratch is freed when it ends, so that no pool
+    thread holds memory between calls that :func:`~im2colbp.release_scratch` cannot
+    reach (allocating it again next time costs no page faults: the C allocator
+    reuses what was freed)."""
+    try:
+        _run_marked(function, part)
+    finally:
+        release_scratch()
+
+
 def _split(total: int, pieces: int) -> List[slice]:
     """``range(total)`` as ``pieces`` contiguous slices, sizes differing by at most 1."""
     base, extra = divmod(total, pieces)
@@ -226,7 +238,7 @@ def parallel_for(function: Callable[[slice], None], total: int, work_bytes: int)
     parts = _split(total, pieces)
     pool = _executor(pieces - 1)
     futures: List[Future] = [
-        pool.submit(contextvars.copy_context().run, _run_marked, function, part)
+        pool.submit(contextvars.copy_context().run, _run_in_worker, function, part)
         for part in parts[1:]]
     error: Optional[BaseException] = None
     try:

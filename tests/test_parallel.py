@@ -98,3 +98,23 @@ def test_results_do_not_depend_on_the_thread_count(threads):
     np.testing.assert_array_equal(y, y1)
     np.testing.assert_array_equal(g.input, g1.input)
     np.testing.assert_array_equal(g.weight, g1.weight)
+
+
+def test_pool_threads_keep_no_scratch_between_calls():
+    from im2colbp.workspace import retained_scratch_bytes, scratch
+
+    held = []
+
+    def work(part):
+        scratch("test.parallel", (1000,), np.float64)[...] = 1
+        held.append((threading.get_ident(), retained_scratch_bytes()))
+
+    with ib.thread_limit(2):
+        parallel_for(work, 2, 10**9)
+        idents = []
+        parallel_for(lambda part: idents.append((threading.get_ident(),
+                                                  retained_scratch_bytes())), 2, 10**9)
+    caller = threading.get_ident()
+    assert all(nbytes >= 8000 for _, nbytes in held)  # each part had its buffer
+    assert [nbytes for ident, nbytes in idents if ident != caller] == [0]  # pool: freed
+    ib.release_scratch()
