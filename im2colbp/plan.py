@@ -642,6 +642,12 @@ def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
                         bool(keep_for_backward), get_workspace_limit(), _forced.get())
 
 
+def plan_context() -> Tuple[int, Tuple[Tuple[str, str], ...]]:
+    """What a plan depends on besides its arguments: the workspace limit in force
+    and the :func:`forced` choices (part of every cache key of plans)."""
+    return get_workspace_limit(), _forced.get()
+
+
 #: How many plans :func:`make_plan` remembers.
 PLAN_CACHE_SIZE = 256
 
