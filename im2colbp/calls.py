@@ -54,7 +54,9 @@ def is_private(converted: np.ndarray, given: Any) -> bool:
     return converted is not given and converted.base is None and converted.flags.owndata
 
 
-@dataclass(frozen=True, eq=False)
+# Not frozen: these are built on every call (a frozen dataclass's __init__ costs a
+# microsecond more), and nothing outside the entry points sees them.
+@dataclass(eq=False)
 class _Call:
     geometry: ConvGeometry
     dtype: np.dtype
@@ -63,7 +65,7 @@ class _Call:
         return unbatched(array, self.geometry)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ForwardCall(_Call):
     """A validated forward call: geometry, compute dtype and arrays, batched.
 
@@ -81,7 +83,7 @@ class ForwardCall(_Call):
     weight_private: bool  # likewise the weight
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GradInputCall(_Call):
     """A validated ``conv_grad_input`` call (arrays batched, weight contiguous)."""
 
@@ -89,7 +91,7 @@ class GradInputCall(_Call):
     dy: np.ndarray  # (N, C_out, *O)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GradWeightCall(_Call):
     """A validated ``conv_grad_weight`` call (arrays batched)."""
 
@@ -119,8 +121,14 @@ def _frozen(value: Any) -> Any:
 
 def frozen_arguments(*values: Any) -> Any:
     """The hashable key of call arguments of plain Python types (see ``_frozen``);
-    TypeError when one of them is of another type (such a call is not cached)."""
-    return _frozen(values)
+    TypeError when one of them is of another type (such a call is not cached).
+    Arguments that are all ints, strs or None are their own key (a tuple of them
+    never equals a frozen one, whose first item is a type)."""
+    for value in values:
+        kind = type(value)
+        if not (kind is int or kind is str or value is None):
+            return _frozen(values)
+    return values
 
 
 #: The array dtypes :func:`~im2colbp.geometry.as_float_array` returns unchanged

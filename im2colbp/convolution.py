@@ -209,11 +209,11 @@ def _setup_key(function: str, x: Any, weight: Any, bias: Any, method: Any,
     if bias is None:
         bias_key = None
     elif type(bias) is np.ndarray and bias.dtype in PLAIN_DTYPES:
-        bias_key = (bias.shape, bias.dtype)
+        bias_key = (bias.shape, bias.dtype.char)  # the char tells the plain dtypes apart
     else:
         return None
     try:
-        key = (function, x.shape, x.dtype, weight.shape, weight.dtype, bias_key, method,
+        key = (function, x.shape, x.dtype.char, weight.shape, weight.dtype.char, bias_key, method,
                frozen_arguments(*arguments), plan_context())
         hash(key)
     except TypeError:

@@ -149,14 +149,22 @@ _scratch = threading.local()
 
 
 def _buffers() -> Dict[str, np.ndarray]:
-    return _scratch.__dict__.setdefault("buffers", {})
+    try:
+        return _scratch.buffers
+    except AttributeError:
+        _scratch.buffers = {}
+        return _scratch.buffers
 
 
 def _views() -> Dict[str, Tuple[Any, Any, np.ndarray]]:
     """The last view :func:`scratch` gave out per name, ``(shape, dtype, view)``: a
     repeated request returns it again. Every entry's buffer is in :func:`_buffers`
     (an entry leaves with its buffer), so the views hold no memory of their own."""
-    return _scratch.__dict__.setdefault("views", {})
+    try:
+        return _scratch.views
+    except AttributeError:
+        _scratch.views = {}
+        return _scratch.views
 
 
 def _trim(cap: int) -> None:
