@@ -79,6 +79,7 @@ from typing import (
     Sequence,
     Tuple,
     Union,
+    cast,
 )
 
 import numpy as np
@@ -752,7 +753,7 @@ class _ConvLayer:
         """
         # a plain float array is what the conversion would return (conv_backward
         # converts δ again anyway when its dtype differs from the forward's)
-        dy_array = dy if is_plain(dy) else as_float_array(dy, "dy")
+        dy_array = cast(np.ndarray, dy) if is_plain(dy) else as_float_array(dy, "dy")
         record = self._select(dy_array.shape, ctx)
         grads = conv_backward(dy_array, record.conv_context)
         self._pending.remove(record)
