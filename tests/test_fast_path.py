@@ -331,3 +331,14 @@ def test_bias_gradient_paths_agree_with_a_float64_sum(rng, make):
     db = ib.conv_grad_bias(dy)
     assert db.dtype == np.float32 and db.shape == (5,)
     np.testing.assert_allclose(db, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 3, 3), (1, 2, 0, 3), (1, 0, 0, 0)])
+def test_bias_gradient_of_empty_delta(shape):
+    """One sample with no channels or no positions: zeros of C_out, no reshape error."""
+    db = ib.conv_grad_bias(np.ones(shape, np.float32))
+    np.testing.assert_array_equal(db, np.zeros(shape[1], np.float32))
+    x = np.ones((1, 2, 3, 3), np.float32)
+    y, ctx = ib.conv_forward(x, np.ones((0, 2, 3, 3), np.float32), np.ones(0, np.float32))
+    assert y.shape == (1, 0, 1, 1)
+    assert ib.conv_backward(y, ctx).bias.shape == (0,)
