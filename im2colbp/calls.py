@@ -28,7 +28,8 @@ from .geometry import (
 )
 
 __all__ = ["ForwardCall", "GradInputCall", "GradWeightCall", "geometry_kwargs", "forward_call",
-           "grad_input_call", "grad_weight_call", "batched", "unbatched", "is_private"]
+           "known_forward_call", "grad_input_call", "grad_weight_call", "batched", "unbatched",
+           "is_private", "is_plain", "frozen_arguments", "shape_key", "PLAIN_DTYPES"]
 
 
 def geometry_kwargs(stride: Any, padding: Any, dilation: Any, groups: Any,
@@ -53,7 +54,9 @@ def is_private(converted: np.ndarray, given: Any) -> bool:
     return converted is not given and converted.base is None and converted.flags.owndata
 
 
-@dataclass(frozen=True, eq=False)
+# Not frozen: these are built on every call (a frozen dataclass's __init__ costs a
+# microsecond more), and nothing outside the entry points sees them.
+@dataclass(eq=False)
 class _Call:
     geometry: ConvGeometry
     dtype: np.dtype
@@ -62,7 +65,7 @@ class _Call:
         return unbatched(array, self.geometry)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ForwardCall(_Call):
     """A validated forward call: geometry, compute dtype and arrays, batched.
 
@@ -80,7 +83,7 @@ class ForwardCall(_Call):
     weight_private: bool  # likewise the weight
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GradInputCall(_Call):
     """A validated ``conv_grad_input`` call (arrays batched, weight contiguous)."""
 
@@ -88,7 +91,7 @@ class GradInputCall(_Call):
     dy: np.ndarray  # (N, C_out, *O)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class GradWeightCall(_Call):
     """A validated ``conv_grad_weight`` call (arrays batched)."""
 
@@ -101,15 +104,53 @@ _EXACT_TYPES = (int, str, float, type(None))
 
 def _frozen(value: Any) -> Any:
     """A hashable key for an argument that tells apart what parsing tells apart
-    (``True`` from ``1``, ``1.0`` from ``1``); TypeError for anything else."""
+    (``True`` from ``1``, ``1.0`` from ``1``, a tuple from a list); TypeError for
+    anything else. ints, strs and None stand for themselves (no other key equals
+    them: every other value's key is a tuple tagged with its type)."""
     kind = type(value)
-    if kind in _EXACT_TYPES:
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is float:
         return (kind, value)
     if kind is tuple or kind is list:
-        return (kind, tuple(_frozen(item) for item in value))
+        return (kind, tuple([_frozen(item) for item in value]))
     if kind is dict:
-        return (kind, tuple((k, _frozen(v)) for k, v in value.items()))
+        return (kind, tuple([(k, _frozen(v)) for k, v in value.items()]))
     raise TypeError("not cached")
+
+
+def frozen_arguments(*values: Any) -> Any:
+    """The hashable key of call arguments of plain Python types (see ``_frozen``);
+    TypeError when one of them is of another type (such a call is not cached).
+    Arguments that are all ints, strs or None are their own key (a tuple of them
+    never equals a frozen one, whose first item is a type)."""
+    for value in values:
+        kind = type(value)
+        if not (kind is int or kind is str or value is None):
+            return _frozen(values)
+    return values
+
+
+#: The array dtypes :func:`~im2colbp.geometry.as_float_array` returns unchanged
+#: (besides longer floats): an exact ``ndarray`` of these is used as it is.
+PLAIN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_plain(value: Any) -> bool:
+    """True for an exact ``numpy.ndarray`` of native float32/float64, which
+    :func:`~im2colbp.geometry.as_float_array` would return as it is."""
+    return type(value) is np.ndarray and value.dtype in PLAIN_DTYPES
+
+
+def shape_key(shape: Any) -> Any:
+    """``shape`` itself when it is a tuple of ints (every array's ``.shape`` is), else
+    its ``_frozen`` key; the two cannot be confused (a frozen tuple is tagged)."""
+    if type(shape) is tuple:
+        for item in shape:
+            if type(item) is not int:
+                return _frozen(shape)
+        return ("shape",) + shape
+    return _frozen(shape)
 
 
 #: How many validated geometries :func:`_geometry` remembers.
@@ -125,7 +166,8 @@ def _geometry(builder: Callable[..., ConvGeometry], *shapes: Any,
     (a layer or a training loop repeats the same call every step). Invalid
     arguments raise every time: only results are remembered."""
     try:
-        key = (builder.__name__, _frozen(shapes), _frozen(tuple(kwargs.items())))
+        key = (builder.__name__, tuple([shape_key(shape) for shape in shapes]),
+               _frozen(tuple(kwargs.items())))
         hash(key)
     except TypeError:
         return builder(*shapes, **kwargs)
@@ -163,6 +205,19 @@ def forward_call(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
     weight_contiguous = _contiguous_weight(weight_array, dtype)
     return ForwardCall(geometry, dtype, batched(x_array, geometry), weight_contiguous,
                        bias_array, x_private=is_private(x_array, x),
+                       weight_private=is_private(weight_contiguous, weight))
+
+
+def known_forward_call(geometry: ConvGeometry, dtype: np.dtype, x: np.ndarray,
+                       weight: np.ndarray, bias: Optional[np.ndarray]) -> ForwardCall:
+    """:func:`forward_call` for plain arrays (:func:`is_plain`) whose shapes, dtypes
+    and arguments an earlier call validated into ``geometry`` and ``dtype``: the
+    same ForwardCall, without repeating the validation."""
+    weight_contiguous = weight
+    if weight.dtype != dtype or not weight.flags.c_contiguous:
+        weight_contiguous = _contiguous_weight(weight, dtype)
+    return ForwardCall(geometry, dtype, x if geometry.batched else x[None], weight_contiguous,
+                       bias, x_private=False,
                        weight_private=is_private(weight_contiguous, weight))
 
 

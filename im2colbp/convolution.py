@@ -25,14 +25,25 @@ Each function validates its arguments once (:mod:`im2colbp.calls`), asks
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import engine
-from .calls import ForwardCall, forward_call, geometry_kwargs, grad_input_call, grad_weight_call
+from .calls import (
+    PLAIN_DTYPES,
+    ForwardCall,
+    forward_call,
+    frozen_arguments,
+    geometry_kwargs,
+    grad_input_call,
+    grad_weight_call,
+    known_forward_call,
+)
 from .calls import batched as _batched
 from .calls import unbatched as _unbatched
 from .geometry import (
@@ -48,7 +59,7 @@ from .geometry import (
     size_culprit,
 )
 from .memory import check_allocation, format_bytes, get_memory_limit
-from .plan import ConvPlan, Step, make_plan
+from .plan import ConvPlan, Step, make_plan, plan_context
 
 __all__ = [
     "ConvGrads",
@@ -129,10 +140,11 @@ def _snapshot(call: ForwardCall, keep_x: bool) -> Tuple[Optional[np.ndarray], np
     return x, weight
 
 
-def _refuse_if_too_large(plan: ConvPlan, function: str, results: Tuple[str, ...],
-                         steps: Tuple[Step, ...], context: bool = False) -> None:
-    """Raise AllocationError, before anything is allocated, when the call's results,
-    its context's copies and its largest pass's scratch cannot fit in memory."""
+@functools.lru_cache(maxsize=1024)
+def _requirement(plan: ConvPlan, results: Tuple[str, ...], steps: Tuple[Step, ...],
+                 context: bool) -> Tuple[int, Tuple[Tuple[str, int], ...], Any]:
+    """The bytes a call needs at once: ``(total, parts, biggest pass)``. A function of
+    the plan only (plans and steps hash by identity), so it is remembered."""
     sizes = plan.result_bytes
     parts = {name: sizes[name] for name in results}
     passes = [p for step in steps for p in step.passes]
@@ -141,9 +153,17 @@ def _refuse_if_too_large(plan: ConvPlan, function: str, results: Tuple[str, ...]
     if context:
         parts["weight"] = parts.get("weight", 0) + sizes["weight"]
         parts["context"] = plan.kept_bytes or sizes["input"]  # the columns, or a copy of x
-    total = sum(parts.values())
+    return sum(parts.values()), tuple(parts.items()), biggest
+
+
+def _refuse_if_too_large(plan: ConvPlan, function: str, results: Tuple[str, ...],
+                         steps: Tuple[Step, ...], context: bool = False) -> None:
+    """Raise AllocationError, before anything is allocated, when the call's results,
+    its context's copies and its largest pass's scratch cannot fit in memory."""
+    total, items, biggest = _requirement(plan, results, steps, context)
     if total <= get_memory_limit():
         return
+    parts = dict(items)
     g, window = plan.geometry, plan.geometry.window
     largest = max(parts, key=parts.__getitem__)
     if largest == "weight":
@@ -161,6 +181,77 @@ def _refuse_if_too_large(plan: ConvPlan, function: str, results: Tuple[str, ...]
     check_allocation(total, culprit, f"{function} ({shapes})")
 
 
+# --------------------------------------------------------------------------
+# the small-call fast path: what a repeated call's setup computes, remembered
+# --------------------------------------------------------------------------
+#: How many forward setups (geometry, dtype and plan of one call signature) the
+#: entry points remember; the oldest is forgotten first.
+SETUP_CACHE_SIZE = 256
+
+_setups: Dict[Any, Tuple[ConvGeometry, np.dtype, ConvPlan]] = {}
+_setups_lock = threading.Lock()
+
+
+def _setup_key(function: str, x: Any, weight: Any, bias: Any, method: Any,
+               arguments: Tuple[Any, ...]) -> Any:
+    """The cache key of a forward call, or None when the call is not cached.
+
+    Only calls whose arrays are exact ndarrays of native float32/float64 (which
+    the conversion returns unchanged, so nothing about their values is
+    validated) and whose other arguments are plain Python values are cached;
+    the key holds everything the setup depends on: the shapes and dtypes, the
+    arguments, the method, the workspace limit and the forced choices.
+    """
+    if type(x) is not np.ndarray or type(weight) is not np.ndarray or type(method) is not str:
+        return None
+    if x.dtype not in PLAIN_DTYPES or weight.dtype not in PLAIN_DTYPES:
+        return None
+    if bias is None:
+        bias_key = None
+    elif type(bias) is np.ndarray and bias.dtype in PLAIN_DTYPES:
+        bias_key = (bias.shape, bias.dtype.char)  # the char tells the plain dtypes apart
+    else:
+        return None
+    try:
+        key = (function, x.shape, x.dtype.char, weight.shape, weight.dtype.char, bias_key, method,
+               frozen_arguments(*arguments), plan_context())
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _forward_setup(function: str, x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike],
+                   method: str, arguments: Tuple[Any, ...], kwargs: Dict[str, Any], *,
+                   transposed: bool = False,
+                   keep_for_backward: bool = True) -> Tuple[ForwardCall, ConvPlan]:
+    """:func:`~im2colbp.calls.forward_call` and :func:`~im2colbp.plan.make_plan`, or, for
+    a call whose signature was set up before, the same two from the remembered
+    geometry, dtype and plan (``arguments``: the geometry arguments as given,
+    the key; ``kwargs``: the same as keywords). Invalid calls raise every time:
+    only successful setups are remembered."""
+    key = _setup_key(function, x, weight, bias, method, arguments)
+    known = None if key is None else _setups.get(key)
+    if known is not None:
+        geometry, dtype, plan = known
+        return known_forward_call(geometry, dtype, x, weight, bias), plan  # type: ignore[arg-type]
+    call = forward_call(x, weight, bias, kwargs, transposed=transposed)
+    plan = make_plan(call.geometry, call.dtype, method=method, transposed=transposed,
+                     has_bias=bias is not None, keep_for_backward=keep_for_backward)
+    if key is not None:
+        with _setups_lock:
+            _setups[key] = (call.geometry, call.dtype, plan)
+            while len(_setups) > SETUP_CACHE_SIZE:
+                del _setups[next(iter(_setups))]
+    return call, plan
+
+
+def clear_setup_cache() -> None:
+    """Forget every remembered forward setup (tests; the cache is bounded anyway)."""
+    with _setups_lock:
+        _setups.clear()
+
+
 def _add_bias(y: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
     if bias is not None:
         y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
@@ -169,6 +260,10 @@ def _add_bias(y: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
 
 def _sum_bias(dy_batched: np.ndarray, dtype: np.dtype) -> np.ndarray:
     # accumulate in float64: a float32 running sum over N·∏O terms loses digits
+    n, channels = dy_batched.shape[:2]
+    if n == 1 and dy_batched.size and dy_batched.flags.c_contiguous:
+        # one sample: a contiguous row per channel
+        return dy_batched.reshape(channels, -1).sum(axis=1, dtype=np.float64).astype(dtype)
     axes = (0,) + tuple(range(2, dy_batched.ndim))
     return dy_batched.sum(axis=axes, dtype=np.float64).astype(dtype)
 
@@ -184,6 +279,11 @@ def _backward_plan(ctx: ConvContext, dtype: np.dtype) -> ConvPlan:
 
 def _delta(dy: ArrayLike, ctx: ConvContext, expected: Tuple[int, ...]) -> Tuple[np.ndarray,
                                                                                np.dtype]:
+    dtype = ctx.plan.dtype
+    if type(dy) is np.ndarray and dy.dtype == dtype and dy.shape == expected:
+        # the common call: δ of the forward's own dtype and shape needs no conversion
+        # (result_dtype(δ, weight) is the plan's dtype: the weight has it)
+        return _batched(dy, ctx.geometry), dtype
     dy_array = as_float_array(dy, "dy")
     check_array_shape(dy_array.shape, expected, "dy", "the forward output's shape")
     return _batched(dy_array, ctx.geometry), result_dtype(dy_array, ctx.weight)
@@ -222,9 +322,9 @@ def conv_forward(
     >>> grads.input[0, 0, 0]                     # corner pixels sit in 4 windows, 2 filters
     array([ 8., 12., 12.,  8.])
     """
-    call = forward_call(x, weight, bias,
-                        geometry_kwargs(stride, padding, dilation, groups, padding_mode))
-    plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None)
+    call, plan = _forward_setup(
+        "conv_forward", x, weight, bias, method, (stride, padding, dilation, groups, padding_mode),
+        geometry_kwargs(stride, padding, dilation, groups, padding_mode))
     _refuse_if_too_large(plan, "conv_forward", ("output",), (plan.forward,), context=True)
     keep = bool(plan.keep_columns.choice)
     y, kept = engine.forward(plan.forward, plan.dtype, call.x, call.weight, keep=keep)
@@ -314,10 +414,10 @@ def conv(
     >>> ib.conv(x, np.ones((6, 1, 3, 3)), groups=3, padding="same").shape
     (2, 6, 7, 7)
     """
-    call = forward_call(x, weight, bias,
-                        geometry_kwargs(stride, padding, dilation, groups, padding_mode))
-    plan = make_plan(call.geometry, call.dtype, method=method, has_bias=bias is not None,
-                     keep_for_backward=False)
+    call, plan = _forward_setup(
+        "conv", x, weight, bias, method, (stride, padding, dilation, groups, padding_mode),
+        geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+        keep_for_backward=False)
     _refuse_if_too_large(plan, "conv", ("output",), (plan.forward,))
     y, _ = engine.forward(plan.forward, plan.dtype, call.x, call.weight)
     return call.result(_add_bias(y, call.bias))
@@ -355,7 +455,7 @@ def conv_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT) -> ConvGr
         )
     if ctx.transposed:
         return conv_transpose_backward(dy, ctx, wrt=wrt)
-    want_input, want_weight, want_bias = parse_wrt(wrt)
+    want_input, want_weight, want_bias = (True, True, True) if wrt is _WRT else parse_wrt(wrt)
     dyb, dtype = _delta(dy, ctx, ctx.geometry.output_shape)
     plan = _backward_plan(ctx, dtype)
     _refuse_if_too_large(plan, "conv_backward", ("input", "weight"),
@@ -519,11 +619,12 @@ def conv_transpose_forward(
     >>> ib.conv_transpose_backward(np.ones_like(y), ctx).input
     array([[[3., 3.]]])
     """
-    kwargs = geometry_kwargs(stride, padding, dilation, groups, padding_mode)
-    call = forward_call(x, weight, bias, dict(kwargs, output_padding=output_padding,
-                                              output_size=output_size), transposed=True)
-    plan = make_plan(call.geometry, call.dtype, method=method, transposed=True,
-                     has_bias=bias is not None)
+    kwargs = dict(geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+                  output_padding=output_padding, output_size=output_size)
+    call, plan = _forward_setup(
+        "conv_transpose_forward", x, weight, bias, method,
+        (stride, padding, dilation, groups, padding_mode, output_padding, output_size),
+        kwargs, transposed=True)
     _refuse_if_too_large(plan, "conv_transpose_forward", ("output",), (plan.forward,),
                          context=True)
     y = engine.adjoint(plan.forward, plan.dtype, call.weight, call.x)
@@ -596,11 +697,12 @@ def conv_transpose(
     ...                   padding=1, output_size=(10, 10)).shape
     (1, 2, 10, 10)
     """
-    kwargs = geometry_kwargs(stride, padding, dilation, groups, padding_mode)
-    call = forward_call(x, weight, bias, dict(kwargs, output_padding=output_padding,
-                                              output_size=output_size), transposed=True)
-    plan = make_plan(call.geometry, call.dtype, method=method, transposed=True,
-                     has_bias=bias is not None, keep_for_backward=False)
+    kwargs = dict(geometry_kwargs(stride, padding, dilation, groups, padding_mode),
+                  output_padding=output_padding, output_size=output_size)
+    call, plan = _forward_setup(
+        "conv_transpose", x, weight, bias, method,
+        (stride, padding, dilation, groups, padding_mode, output_padding, output_size),
+        kwargs, transposed=True, keep_for_backward=False)
     _refuse_if_too_large(plan, "conv_transpose", ("output",), (plan.forward,))
     y = engine.adjoint(plan.forward, plan.dtype, call.weight, call.x)
     return call.result(_add_bias(y, call.bias))
@@ -621,7 +723,7 @@ def conv_transpose_backward(dy: ArrayLike, ctx: ConvContext, *, wrt: Wrt = _WRT)
     """
     if not isinstance(ctx, ConvContext) or not ctx.transposed:
         raise TypeError("ctx must be the ConvContext returned by conv_transpose_forward")
-    want_input, want_weight, want_bias = parse_wrt(wrt)
+    want_input, want_weight, want_bias = (True, True, True) if wrt is _WRT else parse_wrt(wrt)
     dyb, dtype = _delta(dy, ctx, ctx.geometry.input_shape)
     plan = _backward_plan(ctx, dtype)
     _refuse_if_too_large(plan, "conv_transpose_backward", ("input", "weight"),

@@ -79,11 +79,13 @@ from typing import (
     Sequence,
     Tuple,
     Union,
+    cast,
 )
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from .calls import is_plain
 from .convolution import (
     ConvContext,
     conv,
@@ -618,7 +620,8 @@ class _ConvLayer:
         if ctx is None:  # pragma: no cover - _run keeps a context when asked
             raise RuntimeError("the forward pass returned no context")
         self._forwards += 1
-        record = LayerContext(self, self._forwards, ctx, tuple(np.shape(x)), tuple(y.shape))
+        x_shape = x.shape if type(x) is np.ndarray else tuple(np.shape(x))
+        record = LayerContext(self, self._forwards, ctx, x_shape, y.shape)
         self._pending.append(record)
         return y, record
 
@@ -690,7 +693,7 @@ class _ConvLayer:
                        if ctx.state == "used" else "was dropped by clear_contexts()")
                 raise ValueError(f"{name}.backward: ctx, forward #{ctx.number}, {why}")
             record = ctx
-            which = f"the output of forward #{record.number}, the ctx given"
+            given = True
         else:
             if not self._pending:
                 if self._forwards == 0:
@@ -704,9 +707,11 @@ class _ConvLayer:
                     "call forward again"
                 )
             record = self._pending[-1]
-            which = (f"the output of forward #{record.number}, the most recent pending one: "
-                     "backward goes last-in, first-out")
+            given = False
         if shape != record.output_shape:
+            which = (f"the output of forward #{record.number}, the ctx given" if given else
+                     f"the output of forward #{record.number}, the most recent pending one: "
+                     "backward goes last-in, first-out")
             others = [r.number for r in self._pending
                       if r is not record and r.output_shape == shape]
             hint = ""
@@ -746,8 +751,10 @@ class _ConvLayer:
         TypeError
             ``ctx`` is not a :class:`LayerContext`, ``dy`` is not numeric.
         """
-        dy_array = as_float_array(dy, "dy")
-        record = self._select(tuple(dy_array.shape), ctx)
+        # a plain float array is what the conversion would return (conv_backward
+        # converts δ again anyway when its dtype differs from the forward's)
+        dy_array = cast(np.ndarray, dy) if is_plain(dy) else as_float_array(dy, "dy")
+        record = self._select(dy_array.shape, ctx)
         grads = conv_backward(dy_array, record.conv_context)
         self._pending.remove(record)
         record.state = "used"
@@ -915,12 +922,12 @@ class Conv(_ConvLayer):
 
     def _run(self, x: ArrayLike, keep: bool, **kwargs: Any
              ) -> Tuple[np.ndarray, Optional[ConvContext]]:
-        geometry: Dict[str, Any] = dict(
-            stride=self.stride, padding=self.padding, dilation=self.dilation,
-            groups=self.groups, padding_mode=self.padding_mode)
+        # positionally: (stride, padding, dilation, groups) as conv's signature orders them
         if not keep:
-            return conv(x, self._weight, self._bias, **geometry), None
-        return conv_forward(x, self._weight, self._bias, **geometry)
+            return conv(x, self._weight, self._bias, self.stride, self.padding, self.dilation,
+                        self.groups, padding_mode=self.padding_mode), None
+        return conv_forward(x, self._weight, self._bias, self.stride, self.padding,
+                            self.dilation, self.groups, padding_mode=self.padding_mode)
 
 
 class _ConvNd(Conv):

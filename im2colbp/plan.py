@@ -681,6 +681,12 @@ def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
                         (_forced.get(), get_thread_limit()))
 
 
+def plan_context() -> Tuple[int, Tuple[Tuple[str, str], ...]]:
+    """What a plan depends on besides its arguments: the workspace limit in force
+    and the :func:`forced` choices (part of every cache key of plans)."""
+    return get_workspace_limit(), _forced.get()
+
+
 #: How many plans :func:`make_plan` remembers.
 PLAN_CACHE_SIZE = 256
 

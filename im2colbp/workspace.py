@@ -16,7 +16,7 @@ import math
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Dict, Iterator, Sequence
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
@@ -149,20 +149,41 @@ _scratch = threading.local()
 
 
 def _buffers() -> Dict[str, np.ndarray]:
-    return _scratch.__dict__.setdefault("buffers", {})
+    try:
+        return _scratch.buffers
+    except AttributeError:
+        _scratch.buffers = {}
+        return _scratch.buffers
+
+
+def _views() -> Dict[str, Tuple[Any, Any, np.ndarray]]:
+    """The last view :func:`scratch` gave out per name, ``(shape, dtype, view)``: a
+    repeated request returns it again. Every entry's buffer is in :func:`_buffers`
+    (an entry leaves with its buffer), so the views hold no memory of their own."""
+    try:
+        return _scratch.views
+    except AttributeError:
+        _scratch.views = {}
+        return _scratch.views
 
 
 def _trim(cap: int) -> None:
     """Drop kept buffers, largest first, until they hold at most ``cap`` bytes."""
     buffers = _buffers()
+    total = 0
+    for buffer in buffers.values():
+        total += buffer.nbytes
+    if total <= cap:  # the common case: nothing to drop
+        return
+    views = _views()
     for name in sorted(buffers, key=lambda key: buffers[key].nbytes, reverse=True):
-        if sum(b.nbytes for b in buffers.values()) <= cap:
+        if total <= cap:
             break
-        del buffers[name]
+        total -= buffers.pop(name).nbytes
+        views.pop(name, None)
 
 
-@contextmanager
-def scratch_scope(planned_bytes: int = 0) -> Iterator[None]:
+class scratch_scope:
     """Bound the scratch of one pass, and what stays allocated after it.
 
     Entering the outermost block drops kept buffers until they and the
@@ -170,17 +191,30 @@ def scratch_scope(planned_bytes: int = 0) -> Iterator[None]:
     inside, buffers are reused freely (one per name, grown as needed); when
     the outermost block ends, what is kept is trimmed to
     ``min(RETAINED_SCRATCH_BYTES, workspace limit)`` bytes, largest first.
+
+    (A class rather than a generator-based context manager: every pass enters
+    one, and for a small convolution its cost is part of the per-call overhead.)
     """
-    depth = getattr(_scratch, "depth", 0)
-    if depth == 0:
-        _trim(max(0, get_workspace_limit() - planned_bytes))
-    _scratch.depth = depth + 1
-    try:
-        yield
-    finally:
+
+    __slots__ = ("planned_bytes", "depth")
+
+    def __init__(self, planned_bytes: int = 0) -> None:
+        self.planned_bytes = planned_bytes
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        state = _scratch.__dict__
+        depth = state.get("depth", 0)
+        self.depth = depth
+        if depth == 0:
+            _trim(max(0, _limit.get() - self.planned_bytes))
+        state["depth"] = depth + 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        depth = self.depth
         _scratch.depth = depth
         if depth == 0:
-            _trim(min(RETAINED_SCRATCH_BYTES, get_workspace_limit()))
+            _trim(min(RETAINED_SCRATCH_BYTES, _limit.get()))
 
 
 def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
@@ -190,16 +224,24 @@ def scratch(name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
     must never hand a scratch array (or a view of it) to its own caller. Use
     it inside :func:`scratch_scope`, which bounds what stays allocated after.
     """
+    views = _views()
+    last = views.get(name)
+    if last is not None and last[0] == shape and last[1] == dtype:
+        return last[2]  # the same request as last time: the same view
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     buffers = _buffers()
     buffer = buffers.get(name)
     if buffer is None or buffer.nbytes < nbytes:
         buffers.pop(name, None)
+        views.pop(name, None)
+        last = None
         del buffer  # free the smaller buffer before allocating its successor
         buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
         buffers[name] = buffer
-    return buffer[:nbytes].view(dtype).reshape(shape)
+    view = buffer[:nbytes].view(dtype).reshape(shape)
+    views[name] = (tuple(shape), dtype, view)
+    return view
 
 
 def retained_scratch_bytes() -> int:
@@ -232,5 +274,6 @@ def release_scratch() -> int:
     (True, 0)
     """
     held = retained_scratch_bytes()
+    _scratch.__dict__.pop("views", None)
     _scratch.__dict__.pop("buffers", None)
     return held

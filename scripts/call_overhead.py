@@ -1,5 +1,8 @@
 """Per-call overhead: a 1×1×8×8 convolution with a 1×1×3×3 kernel, ours against PyTorch.
 
+Contenders: ``ours:auto`` and ``ours:im2col`` (the functions, ``method=``), ``ours:layer``
+(``Conv2d``: forward under ``no_grad``; forward + backward), ``torch`` (``conv2d``).
+
 The arithmetic is 324 multiply-adds, so the time is the cost of a call: argument handling,
 planning (cached after the first call of a geometry), dispatch. Each contender runs in its own
 process (their thread pools would otherwise spin against each other), alternating rounds;
@@ -37,6 +40,21 @@ def _worker(contender: str, calls: int) -> Dict[str, float]:
         def forward_backward() -> None:
             x.grad = w.grad = None
             torch.nn.functional.conv2d(x, w).backward(dy)
+    elif contender == "ours:layer":
+        import im2colbp as ib
+        from im2colbp.layer import no_grad
+
+        x, dy = np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 6, 6), np.float32)
+        layer = ib.Conv2d(1, 1, 3, bias=False, dtype=np.float32)
+        layer.weight = np.ones((1, 1, 3, 3), np.float32)
+
+        def forward() -> None:
+            with no_grad():
+                layer(x)
+
+        def forward_backward() -> None:
+            layer.forward(x)
+            layer.backward(dy)
     else:
         import im2colbp as ib
 
@@ -66,7 +84,7 @@ def main(argv: List[str]) -> int:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.calls)))
         return 0
-    contenders = ["ours:auto", "ours:im2col"]
+    contenders = ["ours:auto", "ours:im2col", "ours:layer"]
     try:
         import importlib.util
         if importlib.util.find_spec("torch") is not None:
