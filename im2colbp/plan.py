@@ -681,10 +681,10 @@ def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
                         (_forced.get(), get_thread_limit()))
 
 
-def plan_context() -> Tuple[int, Tuple[Tuple[str, str], ...]]:
-    """What a plan depends on besides its arguments: the workspace limit in force
-    and the :func:`forced` choices (part of every cache key of plans)."""
-    return get_workspace_limit(), _forced.get()
+def plan_context() -> Tuple[int, Tuple[Tuple[str, str], ...], int]:
+    """What a plan depends on besides its arguments: the workspace limit in force,
+    the :func:`forced` choices and the thread limit (part of every cache key of plans)."""
+    return get_workspace_limit(), _forced.get(), get_thread_limit()
 
 
 #: How many plans :func:`make_plan` remembers.
