@@ -70,6 +70,7 @@ from numpy.typing import DTypeLike
 
 from .geometry import ConvGeometry, Pairs, WindowGeometry, conv_geometry
 from .lowering import pad_into, unpad_add
+from .parallel import parallel_for
 from .workspace import chunk_slices, scratch, scratch_scope
 
 __all__ = [
@@ -313,29 +314,63 @@ def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int
 def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
           name: str, flat: Optional[np.ndarray] = None) -> np.ndarray:
     """Padded ``source`` (n, C, *I) into ``flat`` (C, n·tiles·region + slack), by default a
-    scratch named ``name``."""
+    scratch named ``name``; slabs of channels in threads."""
     n, channels = source.shape[:2]
     samples = n * bands.tiles
     if flat is None:
         flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
+    target = flat
+
+    def part(ch: slice) -> None:
+        with scratch_scope():
+            _load_channels(source[:, ch], window, bands, dtype, target[ch])
+
+    parallel_for(part, channels, 2 * flat.nbytes)
+    return flat
+
+
+def _load_channels(source: np.ndarray, window: WindowGeometry, bands: _Bands,
+                   dtype: np.dtype, flat: np.ndarray) -> None:
+    """:func:`_load` of one slab of channels: ``source`` (n, c, *I), ``flat`` (c, ...)."""
+    n, channels = source.shape[:2]
+    samples = n * bands.tiles
     regions = flat[:, :samples * bands.region].reshape(channels, samples, bands.region)
     flat[:, samples * bands.region:] = 0
     if bands.tiles == 1:
         regions[:, :, math.prod(window.padded_size):] = 0
         pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
-        return flat
+        return
     p_h, p_w = window.padded_size
     data = p_h * bands.width
     regions[:, :, data:] = 0
+    target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
+    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+    if window.padding_mode == "zeros":
+        # one pass: each tile's part of x straight into the tile, zeros around it
+        (top, _), (left, _) = window.padding
+        height, width = window.in_size
+        rows = source.swapaxes(0, 1)  # (c, n, I_h, I_w)
+        for tile in range(bands.tiles):
+            first = tile * core  # the tile's first padded column
+            start = max(first, left)
+            stop = min(first + bands.width, left + width)
+            view = target[:, :, tile]  # (c, n, P_h, width)
+            if start >= stop:
+                view[...] = 0
+                continue
+            view[:, :, :top] = 0
+            view[:, :, top + height:] = 0
+            inner = view[:, :, top:top + height]
+            inner[..., :start - first] = 0
+            inner[..., stop - first:] = 0
+            inner[..., start - first:stop - first] = rows[..., start - left:stop - left]
+        return
     padded = scratch("depthwise_extended", (channels, n, p_h, max(bands.extended, p_w)), dtype)
     padded[..., p_w:] = 0
     pad_into(source.swapaxes(0, 1), window, padded[..., :p_w])
-    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
     windows = np.lib.stride_tricks.sliding_window_view(padded, bands.width, axis=-1)
     tiles = windows[..., ::core, :][..., :bands.tiles, :]  # (C, n, P_h, tiles, width)
-    target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
     target[...] = tiles.transpose(0, 1, 3, 2, 4)
-    return flat
 
 
 def _unload(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int,
@@ -392,11 +427,15 @@ def _staged_part(rows: np.ndarray, window: WindowGeometry) -> np.ndarray:
 def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
     """The phases' ``gemm`` (Q, C, n·tiles·slots, M·T) into ``target`` (n, C, M, J, tiles, T)."""
     n, channels, multiplier = target.shape[:3]
-    for phase in range(bands.phases):
-        count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
-        source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                     bands.outputs)[:, :, :, :count]
-        target[:, :, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
+
+    def part(ch: slice) -> None:
+        for phase in range(bands.phases):
+            count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
+            source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                         bands.outputs)[ch, :, :, :count]
+            target[:, ch, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
+
+    parallel_for(part, channels, 2 * target.nbytes)
 
 
 def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -418,12 +457,17 @@ def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
     if staged:
         rows[...] = 0
         _staged_part(rows, window)[...] = delta
-    for phase in range(bands.phases):
-        count = len(range(phase, bands.rows, bands.phases))
-        target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                     bands.outputs)
-        target[:, :, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 4, 3, 2, 5)
-        target[:, :, :, count:] = 0
+
+    def part(ch: slice) -> None:
+        for phase in range(bands.phases):
+            count = len(range(phase, bands.rows, bands.phases))
+            target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                         bands.outputs)[ch]
+            target[:, :, :, :count] = rows[:, ch, :, phase::bands.phases].transpose(
+                1, 0, 4, 3, 2, 5)
+            target[:, :, :, count:] = 0
+
+    parallel_for(part, channels, 2 * gemm.nbytes)
     return gemm
 
 
