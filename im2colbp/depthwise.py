@@ -521,16 +521,18 @@ def _taps_input_gradient(delta: np.ndarray, weight: np.ndarray, window: WindowGe
 
 
 def _taps_weight_gradient(x: np.ndarray, delta: np.ndarray, window: WindowGeometry,
-                          multiplier: int, dtype: np.dtype) -> np.ndarray:
-    """dw (C, M, *K): ``Σ_{n,o} δ[n, c·M + m, o] · x_pad[n, c, o·S + k·D]``."""
+                          multiplier: int, dtype: np.dtype, padded: bool = False) -> np.ndarray:
+    """dw (C, M, *K): ``Σ_{n,o} δ[n, c·M + m, o] · x_pad[n, c, o·S + k·D]``; ``x`` is
+    x_pad (n, C, *padded) itself if ``padded``."""
     n, channels = x.shape[:2]
-    padded = _padded_chunk(x, window, dtype)
+    if not padded:
+        x = _padded_chunk(x, window, dtype)
     d = delta.reshape((n, channels, multiplier) + window.out_size)
     dw = np.empty((channels, multiplier) + window.kernel_size, dtype)
     axes = "opqrstuvwxyz"[:window.rank]  # the spatial axes o_1..o_r, summed
     for offset, spatial in _tap_slices(window):
         dw[(slice(None), slice(None)) + offset] = np.einsum(
-            f"ncm{axes},nc{axes}->cm", d, padded[(slice(None), slice(None)) + spatial], dtype=dtype)
+            f"ncm{axes},nc{axes}->cm", d, x[(slice(None), slice(None)) + spatial], dtype=dtype)
     return dw
 
 
@@ -559,6 +561,31 @@ def _sample_slice(flat: np.ndarray, bands: _Bands, part: slice) -> np.ndarray:
     """The chunk ``part``'s view of a whole batch's ``flat`` (runs read on into the next)."""
     size = bands.tiles * bands.region
     return flat[:, part.start * size:part.stop * size + bands.slack()]
+
+
+def _kept_input(kept: DepthwiseKept, window: WindowGeometry, part: slice) -> np.ndarray:
+    """The chunk ``part`` of the padded x (n, C, *padded) from the kept loaded input, in its
+    dtype: every position some output reads (the others, which no output reads, zeros)."""
+    bands = kept.bands
+    n = part.stop - part.start
+    flat = _sample_slice(kept.flat, bands, part)
+    channels = flat.shape[0]
+    if bands.tiles == 1:
+        padded = _padded_view(flat, window, bands, n)  # (C, n, *padded)
+    else:
+        p_h, p_w = window.padded_size
+        regions = flat[:, :n * bands.tiles * bands.region].reshape(
+            channels, n, bands.tiles, bands.region)[..., :p_h * bands.width]
+        tiles = regions.reshape(channels, n, bands.tiles, p_h, bands.width)
+        padded = np.zeros((channels, n, p_h, p_w), flat.dtype)
+        core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+        for tile in range(bands.tiles):
+            first = tile * core
+            last = tile == bands.tiles - 1
+            stop = min(first + (bands.width if last else min(core, bands.width)), p_w)
+            if first < stop:
+                padded[..., first:stop] = tiles[:, :, tile, :, :stop - first]
+    return np.ascontiguousarray(padded.swapaxes(0, 1))  # the tap loop's own layout
 
 
 def _check(geometry: ConvGeometry) -> None:
@@ -793,7 +820,7 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
     return dx
 
 
-def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndarray, *,
+def depthwise_weight_gradient(geometry: ConvGeometry, x: Optional[np.ndarray], dy: np.ndarray, *,
                               dtype: DTypeLike, samples_per_chunk: int,
                               kept: Optional[DepthwiseKept] = None) -> np.ndarray:
     """The weight gradient ``dw`` of the depthwise convolution, without columns.
@@ -802,8 +829,10 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
     ----------
     geometry : ConvGeometry
         A depthwise geometry.
-    x : ndarray, shape (N, C_in, *I)
-        The forward input, any floating dtype; not modified.
+    x : ndarray, shape (N, C_in, *I), or None
+        The forward input, any floating dtype; not modified. May be None when
+        ``kept`` is given (the tap loop's inf/nan fallback then reads x back
+        from it).
     dy : ndarray, shape (N, C_out, *O)
         δ, any floating dtype; not modified.
     dtype : dtype
@@ -836,6 +865,9 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
         return dw
     dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
     bands = _bands(window, tiled=True)
+    if x is None and (kept is None or bands is None):
+        raise ValueError("depthwise_weight_gradient needs x unless the forward's kept input "
+                         "is given")
     taps = window.kernel_volume
     with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
@@ -870,6 +902,12 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
                 if _finite(chunk_dw):
                     dw_cm += chunk_dw.reshape(dw_cm.shape)
                     continue
-            dw_cm += _taps_weight_gradient(x[part], dy[part], window, multiplier, dtype)
+            if x is not None:
+                dw_cm += _taps_weight_gradient(x[part], dy[part], window, multiplier, dtype)
+            elif kept is not None:  # the padded x, read back
+                dw_cm += _taps_weight_gradient(_kept_input(kept, window, part), dy[part],
+                                               window, multiplier, dtype, padded=True)
+            else:
+                raise RuntimeError("no input for the tap loop")
     del taps
     return dw

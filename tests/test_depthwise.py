@@ -263,3 +263,35 @@ def test_threads_give_the_same_bits(input_shape, weight_shape, kwargs, monkeypat
     scale = max(float(np.abs(e).max(initial=0)) for e in expected)
     for got, want in zip(threaded, expected):
         assert_close(got, want.astype(np.float32), np.float32, scale=scale)
+
+
+@pytest.mark.parametrize("tile_outputs", [1, 2, dwm.TILE_OUTPUTS])
+@given(case=depthwise_cases(), poison=st.sampled_from([None, np.inf, -np.inf, np.nan]))
+def test_weight_gradient_from_the_kept_input_alone(case, poison, tile_outputs, monkeypatch):
+    """x = None with the kept input: the same bits as with x, also when a chunk holds
+    inf/nan and the tap loop reads x back from the kept copy (tiles, strides, modes)."""
+    monkeypatch.setattr(dwm, "TILE_OUTPUTS", tile_outputs)
+    geometry, input_shape, weight_shape, kwargs, chunk = case
+    assume(geometry.rank <= 2 and 0 not in input_shape and 0 not in weight_shape)
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64, seed=6)
+    if poison is not None:
+        x.reshape(-1)[x.size // 2] = poison
+    _, kept = dwm.depthwise_forward(geometry, x, w, dtype=np.float64,
+                                    samples_per_chunk=chunk, keep=True)
+    with_x = dwm.depthwise_weight_gradient(geometry, x, dy, dtype=np.float64,
+                                           samples_per_chunk=chunk, kept=kept)
+    alone = dwm.depthwise_weight_gradient(geometry, None, dy, dtype=np.float64,
+                                          samples_per_chunk=chunk, kept=kept)
+    np.testing.assert_array_equal(alone, with_x)
+    with np.errstate(invalid="ignore"):
+        want = reference.conv_grad_weight(dy, x, weight_shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(alone), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(alone[finite], want[finite], rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_needs_x_or_the_kept_input():
+    geometry = conv_geometry((1, 2, 5, 5), (2, 1, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="needs x unless"):
+        dwm.depthwise_weight_gradient(geometry, None, np.ones((1, 2, 3, 3)),
+                                      dtype=np.float64, samples_per_chunk=1)
