@@ -42,11 +42,27 @@ multiply-accumulate per kernel offset, exact for every geometry.
 
 Wide rows are cut into tiles of about ``TILE_OUTPUTS`` outputs, each
 lowered as a sample of its own (its columns copied out with the neighbours'
-overlap): ``R`` drops from ``K_1·P_2`` to ``K_1·(T + K_2 - 1)``. At stride 1
-with ``M = 1`` the input gradient is Aggarwal's transposition — the forward
-path on δ padded by ``D·(K-1) - P`` with the flipped kernel — else the
-adjoint above. ``depthwise_forward(..., keep=True)`` hands its loaded input
-to the weight gradient (about x's size, not ∏K times it).
+overlap; with zero padding straight from x, one copy): ``R`` drops from
+``K_1·P_2`` to ``K_1·(T + K_2 - 1)``. At stride 1 with ``M = 1`` the input
+gradient is Aggarwal's transposition — the forward path on δ padded by
+``D·(K-1) - P`` with the flipped kernel — else the adjoint above.
+``depthwise_forward(..., keep=True)`` hands its loaded input to the weight
+gradient (about x's size, not ∏K times it), which then needs no x at all
+(its inf/nan fallback reads the padded x back from the kept copy).
+
+The layout copies between the GEMMs (loading the padded tiles, gathering the
+phases' products into y, δ into the phases) are NumPy copies with short inner
+rows (a tile is ~14 wide); they run in slabs of channels through
+:func:`~im2colbp.parallel.parallel_for` (``ib.thread_limit(1)`` runs them in
+the caller). The GEMMs stay outside: a batched ``np.matmul`` over channels of
+such small matrices runs in one BLAS thread anyway (measured: the same time
+with 1 or 2 OpenBLAS threads).
+
+Why not shifted multiply-adds (``y += w_k · x_shifted`` per tap on the padded
+flat buffer, no GEMM)? Measured (3×3 on 28×28, float32, one thread): 17 NumPy
+passes of ~0.1 ns per element each, 3.0 ms forward against the banded path's
+2.8; and 2-4× slower with a stride, 1-D, or small chunks (NumPy's
+scalar-broadcast multiply costs ~0.2 µs per row).
 
 When it beats im2col (float32 forward + both gradients, 2 threads, Xeon with
 AVX-512, shared machine; ``scripts/depthwise_speed.py``, direct / im2col):
@@ -70,6 +86,7 @@ from numpy.typing import DTypeLike
 
 from .geometry import ConvGeometry, Pairs, WindowGeometry, conv_geometry
 from .lowering import pad_into, unpad_add
+from .parallel import parallel_for
 from .workspace import chunk_slices, scratch, scratch_scope
 
 __all__ = [
@@ -313,29 +330,63 @@ def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int
 def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
           name: str, flat: Optional[np.ndarray] = None) -> np.ndarray:
     """Padded ``source`` (n, C, *I) into ``flat`` (C, n·tiles·region + slack), by default a
-    scratch named ``name``."""
+    scratch named ``name``; slabs of channels in threads."""
     n, channels = source.shape[:2]
     samples = n * bands.tiles
     if flat is None:
         flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
+    target = flat
+
+    def part(ch: slice) -> None:
+        with scratch_scope():
+            _load_channels(source[:, ch], window, bands, dtype, target[ch])
+
+    parallel_for(part, channels, 2 * flat.nbytes)
+    return flat
+
+
+def _load_channels(source: np.ndarray, window: WindowGeometry, bands: _Bands,
+                   dtype: np.dtype, flat: np.ndarray) -> None:
+    """:func:`_load` of one slab of channels: ``source`` (n, c, *I), ``flat`` (c, ...)."""
+    n, channels = source.shape[:2]
+    samples = n * bands.tiles
     regions = flat[:, :samples * bands.region].reshape(channels, samples, bands.region)
     flat[:, samples * bands.region:] = 0
     if bands.tiles == 1:
         regions[:, :, math.prod(window.padded_size):] = 0
         pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
-        return flat
+        return
     p_h, p_w = window.padded_size
     data = p_h * bands.width
     regions[:, :, data:] = 0
+    target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
+    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+    if window.padding_mode == "zeros":
+        # one pass: each tile's part of x straight into the tile, zeros around it
+        (top, _), (left, _) = window.padding
+        height, width = window.in_size
+        rows = source.swapaxes(0, 1)  # (c, n, I_h, I_w)
+        for tile in range(bands.tiles):
+            first = tile * core  # the tile's first padded column
+            start = max(first, left)
+            stop = min(first + bands.width, left + width)
+            view = target[:, :, tile]  # (c, n, P_h, width)
+            if start >= stop:
+                view[...] = 0
+                continue
+            view[:, :, :top] = 0
+            view[:, :, top + height:] = 0
+            inner = view[:, :, top:top + height]
+            inner[..., :start - first] = 0
+            inner[..., stop - first:] = 0
+            inner[..., start - first:stop - first] = rows[..., start - left:stop - left]
+        return
     padded = scratch("depthwise_extended", (channels, n, p_h, max(bands.extended, p_w)), dtype)
     padded[..., p_w:] = 0
     pad_into(source.swapaxes(0, 1), window, padded[..., :p_w])
-    core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
     windows = np.lib.stride_tricks.sliding_window_view(padded, bands.width, axis=-1)
     tiles = windows[..., ::core, :][..., :bands.tiles, :]  # (C, n, P_h, tiles, width)
-    target = regions[:, :, :data].reshape(channels, n, bands.tiles, p_h, bands.width)
     target[...] = tiles.transpose(0, 1, 3, 2, 4)
-    return flat
 
 
 def _unload(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int,
@@ -392,11 +443,15 @@ def _staged_part(rows: np.ndarray, window: WindowGeometry) -> np.ndarray:
 def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
     """The phases' ``gemm`` (Q, C, n·tiles·slots, M·T) into ``target`` (n, C, M, J, tiles, T)."""
     n, channels, multiplier = target.shape[:3]
-    for phase in range(bands.phases):
-        count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
-        source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                     bands.outputs)[:, :, :, :count]
-        target[:, :, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
+
+    def part(ch: slice) -> None:
+        for phase in range(bands.phases):
+            count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
+            source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                         bands.outputs)[ch, :, :, :count]
+            target[:, ch, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
+
+    parallel_for(part, channels, 2 * target.nbytes)
 
 
 def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -418,12 +473,17 @@ def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
     if staged:
         rows[...] = 0
         _staged_part(rows, window)[...] = delta
-    for phase in range(bands.phases):
-        count = len(range(phase, bands.rows, bands.phases))
-        target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                     bands.outputs)
-        target[:, :, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 4, 3, 2, 5)
-        target[:, :, :, count:] = 0
+
+    def part(ch: slice) -> None:
+        for phase in range(bands.phases):
+            count = len(range(phase, bands.rows, bands.phases))
+            target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                         bands.outputs)[ch]
+            target[:, :, :, :count] = rows[:, ch, :, phase::bands.phases].transpose(
+                1, 0, 4, 3, 2, 5)
+            target[:, :, :, count:] = 0
+
+    parallel_for(part, channels, 2 * gemm.nbytes)
     return gemm
 
 
@@ -477,16 +537,18 @@ def _taps_input_gradient(delta: np.ndarray, weight: np.ndarray, window: WindowGe
 
 
 def _taps_weight_gradient(x: np.ndarray, delta: np.ndarray, window: WindowGeometry,
-                          multiplier: int, dtype: np.dtype) -> np.ndarray:
-    """dw (C, M, *K): ``Σ_{n,o} δ[n, c·M + m, o] · x_pad[n, c, o·S + k·D]``."""
+                          multiplier: int, dtype: np.dtype, padded: bool = False) -> np.ndarray:
+    """dw (C, M, *K): ``Σ_{n,o} δ[n, c·M + m, o] · x_pad[n, c, o·S + k·D]``; ``x`` is
+    x_pad (n, C, *padded) itself if ``padded``."""
     n, channels = x.shape[:2]
-    padded = _padded_chunk(x, window, dtype)
+    if not padded:
+        x = _padded_chunk(x, window, dtype)
     d = delta.reshape((n, channels, multiplier) + window.out_size)
     dw = np.empty((channels, multiplier) + window.kernel_size, dtype)
     axes = "opqrstuvwxyz"[:window.rank]  # the spatial axes o_1..o_r, summed
     for offset, spatial in _tap_slices(window):
         dw[(slice(None), slice(None)) + offset] = np.einsum(
-            f"ncm{axes},nc{axes}->cm", d, padded[(slice(None), slice(None)) + spatial], dtype=dtype)
+            f"ncm{axes},nc{axes}->cm", d, x[(slice(None), slice(None)) + spatial], dtype=dtype)
     return dw
 
 
@@ -515,6 +577,31 @@ def _sample_slice(flat: np.ndarray, bands: _Bands, part: slice) -> np.ndarray:
     """The chunk ``part``'s view of a whole batch's ``flat`` (runs read on into the next)."""
     size = bands.tiles * bands.region
     return flat[:, part.start * size:part.stop * size + bands.slack()]
+
+
+def _kept_input(kept: DepthwiseKept, window: WindowGeometry, part: slice) -> np.ndarray:
+    """The chunk ``part`` of the padded x (n, C, *padded) from the kept loaded input, in its
+    dtype: every position some output reads (the others, which no output reads, zeros)."""
+    bands = kept.bands
+    n = part.stop - part.start
+    flat = _sample_slice(kept.flat, bands, part)
+    channels = flat.shape[0]
+    if bands.tiles == 1:
+        padded = _padded_view(flat, window, bands, n)  # (C, n, *padded)
+    else:
+        p_h, p_w = window.padded_size
+        regions = flat[:, :n * bands.tiles * bands.region].reshape(
+            channels, n, bands.tiles, bands.region)[..., :p_h * bands.width]
+        tiles = regions.reshape(channels, n, bands.tiles, p_h, bands.width)
+        padded = np.zeros((channels, n, p_h, p_w), flat.dtype)
+        core = bands.outputs * bands.inner_stride  # columns between neighbouring tiles
+        for tile in range(bands.tiles):
+            first = tile * core
+            last = tile == bands.tiles - 1
+            stop = min(first + (bands.width if last else min(core, bands.width)), p_w)
+            if first < stop:
+                padded[..., first:stop] = tiles[:, :, tile, :, :stop - first]
+    return np.ascontiguousarray(padded.swapaxes(0, 1))  # the tap loop's own layout
 
 
 def _check(geometry: ConvGeometry) -> None:
@@ -749,7 +836,7 @@ def depthwise_input_gradient(geometry: ConvGeometry, weight: np.ndarray, dy: np.
     return dx
 
 
-def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndarray, *,
+def depthwise_weight_gradient(geometry: ConvGeometry, x: Optional[np.ndarray], dy: np.ndarray, *,
                               dtype: DTypeLike, samples_per_chunk: int,
                               kept: Optional[DepthwiseKept] = None) -> np.ndarray:
     """The weight gradient ``dw`` of the depthwise convolution, without columns.
@@ -758,8 +845,10 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
     ----------
     geometry : ConvGeometry
         A depthwise geometry.
-    x : ndarray, shape (N, C_in, *I)
-        The forward input, any floating dtype; not modified.
+    x : ndarray, shape (N, C_in, *I), or None
+        The forward input, any floating dtype; not modified. May be None when
+        ``kept`` is given (the tap loop's inf/nan fallback then reads x back
+        from it).
     dy : ndarray, shape (N, C_out, *O)
         δ, any floating dtype; not modified.
     dtype : dtype
@@ -792,6 +881,9 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
         return dw
     dw_cm = dw.reshape((channels, multiplier) + window.kernel_size)
     bands = _bands(window, tiled=True)
+    if x is None and (kept is None or bands is None):
+        raise ValueError("depthwise_weight_gradient needs x unless the forward's kept input "
+                         "is given")
     taps = window.kernel_volume
     with scratch_scope(_planned(geometry, dtype, samples_per_chunk)), \
             np.errstate(invalid="ignore", over="ignore"):  # inf·0 of a band: the chunk reruns
@@ -808,8 +900,10 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
                     if kept.bands != bands or kept.flat.dtype != dtype:
                         raise RuntimeError("kept input and the weight-gradient pass disagree")
                     flat = _sample_slice(kept.flat, bands, part)
-                else:
+                elif x is not None:
                     flat = _load(x[part], window, bands, dtype, "depthwise_input")
+                else:
+                    raise RuntimeError("no input for the weight gradient")
                 delta = _delta_phases(dy[part], window, bands, channels, multiplier, dtype)
                 for phase in range(bands.phases):
                     # G += A_pᵀ · δ_p: (C, R, n·slots) @ (C, n·slots, M·T)
@@ -826,6 +920,12 @@ def depthwise_weight_gradient(geometry: ConvGeometry, x: np.ndarray, dy: np.ndar
                 if _finite(chunk_dw):
                     dw_cm += chunk_dw.reshape(dw_cm.shape)
                     continue
-            dw_cm += _taps_weight_gradient(x[part], dy[part], window, multiplier, dtype)
+            if x is not None:
+                dw_cm += _taps_weight_gradient(x[part], dy[part], window, multiplier, dtype)
+            elif kept is not None:  # the padded x, read back
+                dw_cm += _taps_weight_gradient(_kept_input(kept, window, part), dy[part],
+                                               window, multiplier, dtype, padded=True)
+            else:
+                raise RuntimeError("no input for the tap loop")
     del taps
     return dw

@@ -8,7 +8,9 @@ worker's repeats is reported, then the median over rounds. ``direct`` is this mo
 passes (forward, input gradient, weight gradient, chunks of about 4 MiB of
 scratch, the fastest measured;
 forward keeps its loaded input for the weight gradient);
-``ours`` is ``conv_forward`` + ``conv_backward`` with the engine's default; ``torch`` is
+``direct1`` is the same in one thread (``ib.thread_limit(1)``: the layout copies not split
+into channel slabs), to compare; ``ours`` is ``conv_forward`` + ``conv_backward`` with the
+engine's default; ``torch`` is
 ``torch.nn.functional.convNd`` forward + ``backward()`` with 2 threads.
 Forward + backward means y, dx and dw (no bias in any contender). Serialise runs on a shared
 machine:
@@ -63,7 +65,10 @@ else:
     from im2colbp.geometry import conv_geometry
     from im2colbp.workspace import samples_per_chunk
     g = conv_geometry(xs, ws, **kw)
-    if contender == "direct":
+    if contender == "direct1":
+        import im2colbp as ib
+        ib.set_thread_limit(1)
+    if contender in ("direct", "direct1"):
         chunk = samples_per_chunk(g.batch, dwm.depthwise_sample_bytes(g, 4), 4 * 2**20)
         def run():
             y, kept = dwm.depthwise_forward(g, x, w, dtype=np.float32,

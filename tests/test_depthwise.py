@@ -220,3 +220,78 @@ def test_scratch_stays_within_the_planned_bytes(case):
         ib.release_scratch()
         run()
         assert ib.retained_scratch_bytes() <= max(planned, 64)
+
+
+@pytest.mark.parametrize("input_shape, weight_shape, kwargs", [
+    # tiles wholly inside the zero padding (columns left and right of x), uneven tiles
+    ((2, 3, 4, 2), (3, 1, 3, 3), dict(padding=((1, 1), (20, 21)), groups=3)),
+    # a tile boundary inside x, asymmetric padding, stride and dilation, M = 2
+    ((2, 2, 6, 61), (4, 1, 2, 3), dict(padding=((0, 2), (3, 1)), stride=(1, 2),
+                                        dilation=(2, 1), groups=2)),
+    ((1, 4, 5, 50), (4, 1, 3, 3), dict(padding=1, groups=4)),
+])
+def test_zero_padded_tiles_load_in_one_pass(input_shape, weight_shape, kwargs):
+    """Zero padding: x goes straight into each tile (no padded staging copy); every tile,
+    wholly in the padding or cut through x, matches the reference."""
+    geometry = conv_geometry(input_shape, weight_shape, **kwargs)
+    assert dwm._bands(geometry.window, tiled=True).tiles > 1
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64, seed=4)
+    expected = _expected(x, w, dy, input_shape, weight_shape, kwargs)
+    for chunk in (1, 2):
+        for got, want in zip(_ours(geometry, x, w, dy, np.float64, chunk), expected):
+            assert_close(got, want)
+
+
+@pytest.mark.parametrize("input_shape, weight_shape, kwargs", [
+    ((3, 40, 12, 30), (40, 1, 3, 3), dict(padding=1, groups=40)),
+    ((3, 40, 12, 30), (80, 1, 3, 3), dict(padding=1, stride=(2, 1), groups=40,
+                                           padding_mode="reflect")),
+    ((2, 24, 700), (24, 1, 5), dict(padding=2, groups=24, padding_mode="circular")),
+])
+def test_threads_give_the_same_bits(input_shape, weight_shape, kwargs, monkeypatch):
+    """The copies run in slabs of channels in threads: the results do not depend on it."""
+    monkeypatch.setattr("im2colbp.parallel.MINIMUM_SLAB_BYTES", 1)  # small work splits too
+    geometry = conv_geometry(input_shape, weight_shape, **kwargs)
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float32, seed=5)
+    with ib.thread_limit(1):
+        single = _ours(geometry, x, w, dy, np.float32, 2)
+    with ib.thread_limit(4):
+        threaded = _ours(geometry, x, w, dy, np.float32, 2)
+    for a, b in zip(single, threaded):
+        np.testing.assert_array_equal(a, b)
+    expected = _expected(x, w, dy, input_shape, weight_shape, kwargs)
+    scale = max(float(np.abs(e).max(initial=0)) for e in expected)
+    for got, want in zip(threaded, expected):
+        assert_close(got, want.astype(np.float32), np.float32, scale=scale)
+
+
+@pytest.mark.parametrize("tile_outputs", [1, 2, dwm.TILE_OUTPUTS])
+@given(case=depthwise_cases(), poison=st.sampled_from([None, np.inf, -np.inf, np.nan]))
+def test_weight_gradient_from_the_kept_input_alone(case, poison, tile_outputs, monkeypatch):
+    """x = None with the kept input: the same bits as with x, also when a chunk holds
+    inf/nan and the tap loop reads x back from the kept copy (tiles, strides, modes)."""
+    monkeypatch.setattr(dwm, "TILE_OUTPUTS", tile_outputs)
+    geometry, input_shape, weight_shape, kwargs, chunk = case
+    assume(geometry.rank <= 2 and 0 not in input_shape and 0 not in weight_shape)
+    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float64, seed=6)
+    if poison is not None:
+        x.reshape(-1)[x.size // 2] = poison
+    _, kept = dwm.depthwise_forward(geometry, x, w, dtype=np.float64,
+                                    samples_per_chunk=chunk, keep=True)
+    with_x = dwm.depthwise_weight_gradient(geometry, x, dy, dtype=np.float64,
+                                           samples_per_chunk=chunk, kept=kept)
+    alone = dwm.depthwise_weight_gradient(geometry, None, dy, dtype=np.float64,
+                                          samples_per_chunk=chunk, kept=kept)
+    np.testing.assert_array_equal(alone, with_x)
+    with np.errstate(invalid="ignore"):
+        want = reference.conv_grad_weight(dy, x, weight_shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(alone), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(alone[finite], want[finite], rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_needs_x_or_the_kept_input():
+    geometry = conv_geometry((1, 2, 5, 5), (2, 1, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="needs x unless"):
+        dwm.depthwise_weight_gradient(geometry, None, np.ones((1, 2, 3, 3)),
+                                      dtype=np.float64, samples_per_chunk=1)
