@@ -331,7 +331,9 @@ def conv_forward(
     _add_bias(y, call.bias)
     # kept columns make x unnecessary; the direct path's loaded input serves only
     # backward in the same dtype, so x stays in the context beside it
-    saved_x, saved_weight = _snapshot(call, keep_x=not isinstance(kept, engine.KeptColumns))
+    # kept columns or the direct path's loaded input are copies of x: no second copy
+    saved_x, saved_weight = _snapshot(
+        call, keep_x=not isinstance(kept, (engine.KeptColumns, engine.DepthwiseKept)))
     ctx = ConvContext(plan, saved_x, saved_weight, kept)
     return call.result(y), ctx
 

@@ -701,7 +701,9 @@ def weight_gradient(step: Step, dtype: np.dtype, source: Optional[np.ndarray],
         columns = kept if isinstance(kept, KeptColumns) else None
         return _weight_gradient(step.passes[0], dtype, source, delta, columns)
     if route == "direct":
-        loaded = kept if isinstance(kept, DepthwiseKept) and kept.flat.dtype == dtype else None
+        loaded = kept if isinstance(kept, DepthwiseKept) else None
+        if loaded is not None and loaded.flat.dtype != dtype:  # a backward in another dtype
+            loaded = DepthwiseKept(loaded.flat.astype(dtype), loaded.bands)
         return _direct_weight_gradient(step.passes[0], dtype, source, delta, loaded)
     if route != "winograd" or step.fallback is None or source is None:
         raise RuntimeError(f"unknown weight-gradient route {route!r} or no source")
@@ -742,7 +744,7 @@ def _direct_input_gradient(p: PassPlan, dtype: np.dtype, weight: np.ndarray,
 def _direct_weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
                             delta: np.ndarray, kept: Optional[DepthwiseKept]) -> np.ndarray:
     _note(p, "direct")
-    if source is None:
-        raise RuntimeError("the direct weight gradient needs the forward input")
+    if source is None and kept is None:
+        raise RuntimeError("the direct weight gradient needs the forward input or its kept copy")
     return depthwise_weight_gradient(p.geometry, source, delta, dtype=dtype,
                                      samples_per_chunk=p.samples_per_chunk, kept=kept)
