@@ -310,8 +310,17 @@ def _scoped(function):
     return run
 
 
+#: Up to this many elements :func:`_all_finite` makes one isfinite pass (its
+#: boolean temporary is small, and no floating-point error state is saved and
+#: restored: for a small call that costs more than the pass); above, one sum.
+SMALL_FINITE_CHECK = 1 << 16
+
+
 def _all_finite(array: np.ndarray) -> bool:
-    """No inf/nan in ``array``, from one sum (mere overflow answers False, harmlessly)."""
+    """No inf/nan in ``array``: one isfinite pass for a small array, else one sum
+    (where mere overflow answers False, harmlessly)."""
+    if array.size <= SMALL_FINITE_CHECK:
+        return bool(np.isfinite(array).all())
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(float(np.sum(array)))
 

@@ -24,6 +24,7 @@ array, however many periods a circular padding wraps.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator, Sequence, Tuple
 
@@ -74,6 +75,12 @@ def _axis_index(ndim: int, axis: int, index) -> tuple:
     return (slice(None),) * axis + (index,) + (slice(None),) * (ndim - axis - 1)
 
 
+#: Up to this many elements, :func:`pad_into` zero-pads by filling the whole
+#: output before copying the interior (two NumPy operations instead of 1 + 2r:
+#: for a small array the operations' overhead costs more than writing twice).
+SMALL_PAD_ZERO_FILL = 1 << 15
+
+
 def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
     """Write ``x`` (..., *I) padded per ``window`` into ``out`` (..., *padded).
 
@@ -84,6 +91,10 @@ def pad_into(x: np.ndarray, window: WindowGeometry, out: np.ndarray) -> None:
     interior = (Ellipsis,) + tuple(
         slice(b, b + i) for i, (b, _) in zip(window.in_size, window.padding)
     )
+    if window.padding_mode == "zeros" and out.size <= SMALL_PAD_ZERO_FILL:
+        out[...] = 0  # one fill then the interior: fewer operations than 2r border slabs
+        out[interior] = x
+        return
     out[interior] = x
     if window.padding_mode == "zeros":
         for axis, (size, (before, _)) in enumerate(zip(window.in_size, window.padding)):
@@ -141,7 +152,18 @@ def unpad_add(grad_padded: np.ndarray, window: WindowGeometry) -> np.ndarray:
 # --------------------------------------------------------------------------
 # the offset loop shared by im2col and col2im
 # --------------------------------------------------------------------------
-def _offset_slices(window: WindowGeometry) -> Iterator[Tuple[Tuple[int, ...], tuple]]:
+def _offset_slices(window: WindowGeometry) -> Tuple[Tuple[Tuple[int, ...], tuple], ...]:
+    """For each kernel offset k, the strided slice of the padded input it reads
+    (remembered per window: a repeated call does not build them again)."""
+    return _offset_slices_of(window)
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_slices_of(window: WindowGeometry) -> Tuple[Tuple[Tuple[int, ...], tuple], ...]:
+    return tuple(_offset_slices_built(window))
+
+
+def _offset_slices_built(window: WindowGeometry) -> Iterator[Tuple[Tuple[int, ...], tuple]]:
     """For each kernel offset k, the strided slice of the padded input it reads.
 
     Window position ``o`` with offset ``k`` reads padded sample ``o*S + k*D``,
