@@ -52,11 +52,11 @@ gradient (about x's size, not ∏K times it), which then needs no x at all
 
 The layout copies between the GEMMs (loading the padded tiles, gathering the
 phases' products into y, δ into the phases) are NumPy copies with short inner
-rows (a tile is ~14 wide); they run in slabs of channels through
-:func:`~im2colbp.parallel.parallel_for` (``ib.thread_limit(1)`` runs them in
-the caller). The GEMMs stay outside: a batched ``np.matmul`` over channels of
-such small matrices runs in one BLAS thread anyway (measured: the same time
-with 1 or 2 OpenBLAS threads).
+rows (a tile is ~14 wide), written per slab of channels. They run as one slab
+in the calling thread: split over two threads on an idle 2-core machine, the
+depthwise benchmark's forward + backward went from 8.8 ms to 13.3 ms (OpenBLAS's
+threads, woken by the GEMMs between the copies, spin on the core the second
+copy thread needs).
 
 Why not shifted multiply-adds (``y += w_k · x_shifted`` per tap on the padded
 flat buffer, no GEMM)? Measured (3×3 on 28×28, float32, one thread): 17 NumPy
@@ -86,7 +86,6 @@ from numpy.typing import DTypeLike
 
 from .geometry import ConvGeometry, Pairs, WindowGeometry, conv_geometry
 from .lowering import pad_into, unpad_add
-from .parallel import parallel_for
 from .workspace import chunk_slices, scratch, scratch_scope
 
 __all__ = [
@@ -330,7 +329,7 @@ def _padded_view(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int
 def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.dtype,
           name: str, flat: Optional[np.ndarray] = None) -> np.ndarray:
     """Padded ``source`` (n, C, *I) into ``flat`` (C, n·tiles·region + slack), by default a
-    scratch named ``name``; slabs of channels in threads."""
+    scratch named ``name``."""
     n, channels = source.shape[:2]
     samples = n * bands.tiles
     if flat is None:
@@ -341,7 +340,7 @@ def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.d
         with scratch_scope():
             _load_channels(source[:, ch], window, bands, dtype, target[ch])
 
-    parallel_for(part, channels, 2 * flat.nbytes)
+    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
     return flat
 
 
@@ -451,7 +450,7 @@ def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
                                          bands.outputs)[ch, :, :, :count]
             target[:, ch, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
 
-    parallel_for(part, channels, 2 * target.nbytes)
+    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
 
 
 def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -483,7 +482,7 @@ def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
                 1, 0, 4, 3, 2, 5)
             target[:, :, :, count:] = 0
 
-    parallel_for(part, channels, 2 * gemm.nbytes)
+    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
     return gemm
 
 

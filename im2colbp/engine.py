@@ -25,7 +25,7 @@ import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -37,7 +37,6 @@ from .depthwise import (
 )
 from .kernels import backprop_kernel
 from .lowering import col2im_add, im2col_into, pad_into, unpad_add
-from .parallel import parallel_for
 from .plan import PassPlan, Step
 from .wide_lowering import (
     WideLayout,
@@ -125,47 +124,32 @@ class _Columns:
 
     def build(self, source: np.ndarray, cols: np.ndarray) -> None:
         """Columns of ``source`` (n, C_in, *I) into ``cols`` (C_in, prod(K), n, L_s)."""
-        n = source.shape[0]
-        view = self.per_sample_view(cols)
-        layout, window = self.layout, self.window
-        if layout is not None:
+        if self.layout is not None:
             self.gather(self.stage(source), slice(None), cols)
             return
-        padded = None
+        window = self.window
+        padded = source
         if window.is_padded:
-            padded = scratch("padded", (n, self.channels) + window.padded_size, self.dtype)
-
-        def slab(s: slice, c: slice) -> None:
-            part = source[s, c]
-            if padded is not None:
-                pad_into(part, window, padded[s, c])
-                part = padded[s, c]
-            im2col_into(part, window, view[s, c])
-        _in_slabs(slab, n, self.channels, cols.nbytes)
+            padded = scratch("padded", source.shape[:2] + window.padded_size, self.dtype)
+            pad_into(source, window, padded)
+        im2col_into(padded, window, self.per_sample_view(cols))
 
     def scatter(self, cols: np.ndarray, dx: np.ndarray) -> None:
         """col2im of ``cols`` (C_in, prod(K), n, L_s) into ``dx`` (n, C_in, *I)."""
-        n = dx.shape[0]
-        view = self.per_sample_view(cols)
-        layout, window = self.layout, self.window
-        if layout is not None:
-            rows = self.zero_rows(n)
+        if self.layout is not None:
+            rows = self.zero_rows(dx.shape[0])
             self.scatter_block(cols, slice(None), rows)
             self.unstage(rows, dx)
             return
+        window = self.window
         if not window.is_padded:
-            def slab(s: slice, c: slice) -> None:
-                dx[s, c] = 0
-                col2im_add(view[s, c], window, dx[s, c])
-            _in_slabs(slab, n, self.channels, cols.nbytes)
+            dx[...] = 0
+            col2im_add(self.per_sample_view(cols), window, dx)
             return
-        grad_padded = scratch("padded", (n, self.channels) + window.padded_size, self.dtype)
-
-        def padded_slab(s: slice, c: slice) -> None:
-            grad_padded[s, c] = 0
-            col2im_add(view[s, c], window, grad_padded[s, c])
-            dx[s, c] = unpad_add(grad_padded[s, c], window)
-        _in_slabs(padded_slab, n, self.channels, cols.nbytes)
+        grad_padded = scratch("padded", dx.shape[:2] + window.padded_size, self.dtype)
+        grad_padded[...] = 0
+        col2im_add(self.per_sample_view(cols), window, grad_padded)
+        dx[...] = unpad_add(grad_padded, window)
 
     def _wide(self) -> WideLayout:
         if self.layout is None:
@@ -179,43 +163,26 @@ class _Columns:
         layout = self._wide()
         n = source.shape[0]
         rows = scratch("rows", (n, self.channels, layout.row_length), self.dtype)
-        extended = self._extended(n)
-
-        def slab(s: slice, c: slice) -> None:
-            split_phases_into(source[s, c], layout, rows[s, c],
-                              None if extended is None else extended[s, c])
-        _in_slabs(slab, n, self.channels, rows.nbytes)
+        split_phases_into(source, layout, rows, self._extended(n))
         return rows
 
     def gather(self, rows: np.ndarray, positions: slice, cols: np.ndarray) -> None:
         """The columns of wide ``positions`` into ``cols`` (C_in, prod(K), n, P)."""
-        layout = self._wide()
-        view = cols.transpose(2, 0, 1, 3)  # (n, C_in, prod(K), P)
-        _in_slabs(lambda s, c: wide_im2col_into(rows[s, c], layout, view[s, c], positions),
-                  rows.shape[0], self.channels, cols.nbytes)
+        wide_im2col_into(rows, self._wide(), cols.transpose(2, 0, 1, 3), positions)
 
     def zero_rows(self, n: int) -> np.ndarray:
         """Zeroed rows scratch (n, C_in, row_length), for :meth:`scatter_block`."""
         rows = scratch("rows", (n, self.channels, self._wide().row_length), self.dtype)
-        _zero_in_slabs(rows)
+        rows[...] = 0
         return rows
 
     def scatter_block(self, cols: np.ndarray, positions: slice, rows: np.ndarray) -> None:
         """Scatter-add ``cols`` (C_in, prod(K), n, P) of wide ``positions`` into ``rows``."""
-        layout = self._wide()
-        view = cols.transpose(2, 0, 1, 3)
-        _in_slabs(lambda s, c: wide_col2im_add(view[s, c], layout, rows[s, c], positions),
-                  rows.shape[0], self.channels, cols.nbytes)
+        wide_col2im_add(cols.transpose(2, 0, 1, 3), self._wide(), rows, positions)
 
     def unstage(self, rows: np.ndarray, dx: np.ndarray) -> None:
         """Inverse of :meth:`stage` for gradients: ``dx`` (n, C_in, *I) from ``rows``."""
-        layout = self._wide()
-        extended = self._extended(dx.shape[0])
-
-        def slab(s: slice, c: slice) -> None:
-            dx[s, c] = merge_phases(rows[s, c], layout,
-                                    None if extended is None else extended[s, c])
-        _in_slabs(slab, dx.shape[0], self.channels, rows.nbytes)
+        dx[...] = merge_phases(rows, self._wide(), self._extended(dx.shape[0]))
 
     def garbage_in(self, positions: slice) -> np.ndarray:
         """Boolean mask of the garbage among wide ``positions``."""
@@ -233,15 +200,11 @@ class _Columns:
 
     def to_gemm(self, array: np.ndarray, out: np.ndarray) -> None:
         """``array`` (n, F, *O) into ``out`` (F, n, L_s), zero at wide-only positions."""
-        layout = self.layout
-
-        def slab(f: slice) -> None:
-            transposed = array[:, f].swapaxes(0, 1)  # (f, n, *O)
-            if layout is None:
-                out[f].reshape(transposed.shape)[...] = transposed
-            else:
-                widen(transposed, layout, out[f])
-        parallel_for(slab, array.shape[1], out.nbytes)
+        transposed = array.swapaxes(0, 1)  # (F, n, *O)
+        if self.layout is None:
+            out.reshape(transposed.shape)[...] = transposed
+        else:
+            widen(transposed, self.layout, out)
 
     @property
     def gemm_is_sample_layout(self) -> bool:
@@ -267,37 +230,9 @@ class _Columns:
             view = narrow(gemm, self.layout)
         return view.swapaxes(0, 1)
 
-
     def copy_from_gemm(self, gemm: np.ndarray, out: np.ndarray) -> None:
         """``out`` (n, F, *O) = the true positions of ``gemm`` (F, n, L_s)."""
-        def slab(f: slice) -> None:
-            out[:, f] = self.from_gemm(gemm[f])
-        parallel_for(slab, gemm.shape[0], out.nbytes)
-
-
-def _copy_in_slabs(source: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = source`` (casting), in threads over slabs of the first axis."""
-    def slab(part: slice) -> None:
-        out[part] = source[part]
-    parallel_for(slab, out.shape[0], out.nbytes)
-
-
-def _zero_in_slabs(out: np.ndarray) -> None:
-    """``out[...] = 0``, in threads over slabs of the first axis."""
-    def slab(part: slice) -> None:
-        out[part] = 0
-    parallel_for(slab, out.shape[0], out.nbytes)
-
-
-def _in_slabs(work: Callable[[slice, slice], None], samples: int, channels: int,
-              work_bytes: int) -> None:
-    """``work(samples, channels)`` over slabs of the longer of the two axes, in threads
-    (:func:`~im2colbp.parallel.parallel_for`): every slab writes its own memory."""
-    every = slice(None)
-    if samples >= channels:
-        parallel_for(lambda part: work(part, every), samples, work_bytes)
-    else:
-        parallel_for(lambda part: work(every, part), channels, work_bytes)
+        out[...] = self.from_gemm(gemm)
 
 
 def _scoped(function):
@@ -443,7 +378,7 @@ def _weight_gradient(p: PassPlan, dtype: np.dtype, source: Optional[np.ndarray],
             else:
                 cols = columns.buffer(n)
                 if kept is not None:
-                    _copy_in_slabs(kept.cols[:, :, part], cols)
+                    cols[...] = kept.cols[:, :, part]
                 elif source is not None:
                     columns.build(source[part], cols)
                     if clean:
@@ -517,7 +452,7 @@ def _operand(array: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     if array.dtype == dtype and array.flags.c_contiguous:
         return array
     out = scratch(name, array.shape, dtype)
-    _copy_in_slabs(array, out)
+    out[...] = array
     return out
 
 

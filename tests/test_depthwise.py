@@ -242,29 +242,6 @@ def test_zero_padded_tiles_load_in_one_pass(input_shape, weight_shape, kwargs):
             assert_close(got, want)
 
 
-@pytest.mark.parametrize("input_shape, weight_shape, kwargs", [
-    ((3, 40, 12, 30), (40, 1, 3, 3), dict(padding=1, groups=40)),
-    ((3, 40, 12, 30), (80, 1, 3, 3), dict(padding=1, stride=(2, 1), groups=40,
-                                           padding_mode="reflect")),
-    ((2, 24, 700), (24, 1, 5), dict(padding=2, groups=24, padding_mode="circular")),
-])
-def test_threads_give_the_same_bits(input_shape, weight_shape, kwargs, monkeypatch):
-    """The copies run in slabs of channels in threads: the results do not depend on it."""
-    monkeypatch.setattr("im2colbp.parallel.MINIMUM_SLAB_BYTES", 1)  # small work splits too
-    geometry = conv_geometry(input_shape, weight_shape, **kwargs)
-    x, w, dy = _arrays(input_shape, weight_shape, geometry.output_shape, np.float32, seed=5)
-    with ib.thread_limit(1):
-        single = _ours(geometry, x, w, dy, np.float32, 2)
-    with ib.thread_limit(4):
-        threaded = _ours(geometry, x, w, dy, np.float32, 2)
-    for a, b in zip(single, threaded):
-        np.testing.assert_array_equal(a, b)
-    expected = _expected(x, w, dy, input_shape, weight_shape, kwargs)
-    scale = max(float(np.abs(e).max(initial=0)) for e in expected)
-    for got, want in zip(threaded, expected):
-        assert_close(got, want.astype(np.float32), np.float32, scale=scale)
-
-
 @pytest.mark.parametrize("tile_outputs", [1, 2, dwm.TILE_OUTPUTS])
 @given(case=depthwise_cases(), poison=st.sampled_from([None, np.inf, -np.inf, np.nan]))
 def test_weight_gradient_from_the_kept_input_alone(case, poison, tile_outputs, monkeypatch):
