@@ -94,7 +94,7 @@ class ConvContext:
     ``x`` or ``weight`` in place between forward and backward does not change
     them. For that the context holds private copies — of the weight, and of
     ``x`` unless the column matrix is kept (``columns``: only when the whole
-    batch's columns are small, at most 16 MiB and within the workspace limit;
+    batch's columns are small, at most 2 MiB and within the workspace limit;
     then x itself is not needed) or the conversion to a floating dtype
     already made a copy.
 
@@ -308,7 +308,7 @@ def conv_forward(
 
     Same arguments and result as :func:`conv`. The context keeps references
     to ``x`` and ``weight`` and, when the whole batch's columns are small (at
-    most 16 MiB and the workspace limit), the column matrix, so that backward
+    most 2 MiB and the workspace limit), the column matrix, so that backward
     does not rebuild it.
 
     Examples

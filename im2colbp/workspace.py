@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: 256 MiB: an upper bound that is harmless on a laptop. (For speed, chunks are
-#: kept smaller still, about 8 MiB of columns, so that they stay in cache.)
+#: kept smaller still, about 4 MiB of columns, so that they stay in cache.)
 DEFAULT_WORKSPACE_LIMIT = 256 * 2**20
 
 _limit: ContextVar[int] = ContextVar("im2colbp_workspace_limit", default=DEFAULT_WORKSPACE_LIMIT)
@@ -87,7 +87,7 @@ def workspace_limit(nbytes: int) -> Iterator[int]:
     samples, where ``bytes_per_sample`` is the size of one sample's columns,
     ``C_in * prod(K) * prod(O) * itemsize`` (``prod(O)`` slightly larger for
     the widened layout of :mod:`im2colbp.wide_lowering`); for speed, chunks
-    are capped at about 8 MiB of columns even under a larger limit. Results do
+    are capped at about 4 MiB of columns even under a larger limit. Results do
     not depend on the limit (tests check they agree to rounding).
 
     Examples
