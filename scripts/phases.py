@@ -69,20 +69,33 @@ def _timed(clock: Dict[str, float], phase: str, method: Callable) -> Callable:
     return run
 
 
+#: The engine's leaf operations, by phase (wrapped where the engine calls them, so that
+#: the whole-sample and the block-by-block passes are counted alike).
+_PHASES = {
+    "im2col": ("pad_into", "im2col_into", "split_phases_into", "wide_im2col_into"),
+    "col2im": ("col2im_add", "unpad_add", "wide_col2im_add", "merge_phases"),
+}
+_COPY_METHODS = ("gemm_operand", "copy_from_gemm")
+
+
 @contextmanager
 def _instrumented(clock: Dict[str, float]) -> Iterator[None]:
     columns = engine._Columns
-    saved = {name: getattr(columns, name) for name in ("build", "scatter", "gemm_operand",
-                                                       "from_gemm")}
+    saved_functions = {name: getattr(engine, name) for names in _PHASES.values() for name in names}
+    saved_methods = {name: getattr(columns, name) for name in _COPY_METHODS}
     saved_np = engine.np
-    columns.build = _timed(clock, "im2col", saved["build"])
-    columns.scatter = _timed(clock, "col2im", saved["scatter"])
-    columns.gemm_operand = _timed(clock, "δ/y copies", saved["gemm_operand"])
+    for phase, names in _PHASES.items():
+        for name in names:
+            setattr(engine, name, _timed(clock, phase, saved_functions[name]))
+    for name in _COPY_METHODS:
+        setattr(columns, name, _timed(clock, "δ/y copies", saved_methods[name]))
     engine.np = _TimedNumPy(clock)  # type: ignore[assignment]
     try:
         yield
     finally:
-        for name, method in saved.items():
+        for name, function in saved_functions.items():
+            setattr(engine, name, function)
+        for name, method in saved_methods.items():
             setattr(columns, name, method)
         engine.np = saved_np
 
