@@ -139,3 +139,21 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: Optional[Any] 
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     tol = 1e-11 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(actual, expected, rtol=tol * 10, atol=tol * max(scale, 1.0))
+
+
+def magnitude(*arrays) -> float:
+    """The largest |entry| of the arrays given (at least 1): the scale of their rounding."""
+    return max([1.0] + [float(np.abs(a).max()) for a in arrays if a is not None and a.size])
+
+
+def assert_forward_and_gradients_match_reference(x, w, b, dy, y, grads, kwargs: dict) -> None:
+    """y and the input and weight gradients of one forward + backward against
+    :mod:`im2colbp.reference`, each to the rounding of the sums it adds up."""
+    from im2colbp import reference
+
+    expected = reference.conv(x, w, b, **kwargs)
+    assert_close(y, expected, scale=magnitude(expected) * w[0].size)
+    dx_ref = reference.conv_grad_input(dy, w, x.shape, **kwargs)
+    dw_ref = reference.conv_grad_weight(dy, x, w.shape, **kwargs)
+    assert_close(grads.input, dx_ref, scale=magnitude(dx_ref) * w.shape[0])
+    assert_close(grads.weight, dw_ref, scale=magnitude(dw_ref) * max(y.size, 1))
