@@ -793,8 +793,9 @@ def plan_conv(
         The compute dtype (float32 or float64; integers compute in float64).
     method : {'auto', 'im2col', 'winograd', 'direct'}, optional
         ``'im2col'``: exactly the taught lowering (im2col + GEMM forward,
-        ``X_colᵀ·δ``, ``col2im(δ·Wᵀ)``). ``'winograd'``: Winograd's F(2, 3)
-        (float32) or F(4, 3) (float64) for 3×3 stride-1 kernels, every pass.
+        ``X_colᵀ·δ``, ``col2im(δ·Wᵀ)``). ``'winograd'``: Winograd's F(4, 3)
+        (points 0, ±1, 1/2, -2; float32 within 1e-5 relative) for 3-tap stride-1
+        kernels, every pass.
         ``'direct'``: depthwise convolution (one input channel per group)
         without columns.
         ``'auto'``: any route the library has. A method that cannot serve the
