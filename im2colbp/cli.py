@@ -60,6 +60,7 @@ from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .gradcheck import directional_derivative_check, max_relative_error, numerical_gradient
 from .lowering import im2col, pad
 from .memory import memory_bound
+from .plan import METHODS
 
 __all__ = ["main", "build_parser", "demo", "explain", "check", "EXPLAIN_SECTIONS"]
 
@@ -969,7 +970,7 @@ def _add_explain(commands: Any) -> None:
         formatter_class=_FORMATTER,
     )
     _add_geometry_options(parser)
-    parser.add_argument("--method", default="auto", choices=["auto", "im2col"],
+    parser.add_argument("--method", default="auto", choices=list(METHODS),
                         help="the method whose plan to print (default auto)")
     parser.add_argument("--html", metavar="FILE",
                         help="also write an interactive, self-contained page of this geometry: "
@@ -977,6 +978,11 @@ def _add_explain(commands: Any) -> None:
 
     def run(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(conv_spec(args), method=args.method)
+        try:  # a method that cannot serve the geometry is a bad argument, said at once
+            plan_conv(spec.input_shape, spec.weight_shape, bias=spec.bias, method=spec.method,
+                      transposed=spec.transposed, **spec.kwargs)
+        except ValueError as error:
+            raise BadArguments(f"--method: {error}") from None
         if args.html:
             _write_explorer(spec, args.html)
         status = explain(spec)

@@ -438,6 +438,23 @@ def test_explain_prints_the_engines_plan(capsys, method, extra):
     assert route.route.choice == ("transposition" if method == "auto" else "col2im")
 
 
+@pytest.mark.parametrize("method, weight, groups, route", [
+    ("winograd", "4x4x3x3", "1", "winograd"), ("direct", "4x1x3x3", "4", "direct")])
+def test_explain_prints_every_methods_plan(capsys, method, weight, groups, route):
+    code, out, err = run(capsys, "explain", "--input", "2x4x9x30", "--weight", weight,
+                         "--padding", "1", "--groups", groups, "--method", method)
+    assert code == 0 and err == ""
+    assert f"forward          {route}:" in out and f"method='{method}'" in out
+
+
+def test_explain_refuses_a_method_that_cannot_serve(capsys):
+    code, out, err = run(capsys, "explain", "--input", "2x4x9x9", "--weight", "4x4x3x3",
+                         "--stride", "2", "--method", "winograd")
+    assert code == 2 and out == ""
+    assert "--method: method='winograd' cannot serve this geometry: winograd needs stride 1" in err
+    assert "Traceback" not in err
+
+
 def test_explain_html_writes_the_explorer(capsys, tmp_path):
     page = tmp_path / "geometry.html"
     code, out, err = run(capsys, "explain", *GEOMETRY, "--html", str(page))
