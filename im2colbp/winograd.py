@@ -301,7 +301,10 @@ def winograd_fixed_bytes(geometry: ConvGeometry, tile: int, itemsize: int) -> in
     weights = (1 + 2 * get_thread_limit()) * positions * geometry.out_channels * (
         geometry.in_channels // geometry.groups)
     row, source = _row_elements(geometry, tile)
-    blocks = -(-_block_bytes(geometry, tile) * row // max(source, 1))
+    # a block is at most the whole batch's tile rows (a small input is one block)
+    whole = max(geometry.batch, 1) * _tiles(geometry, tile)[0] * source * itemsize
+    block = min(_block_bytes(geometry, tile), whole)
+    blocks = -(-block * row // max(source, 1))
     return weights * itemsize + blocks
 
 

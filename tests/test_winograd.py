@@ -442,3 +442,15 @@ def test_f43_float32_error_with_the_better_points(rng):
                             dtype=np.float32, samples_per_chunk=2)
     exact = ref.conv(x, w, padding=1)
     assert np.abs(y - exact).max() <= 4e-6 * np.abs(exact).max()
+
+
+def test_a_small_call_is_not_refused_for_buffers_it_would_never_use():
+    """The block buffers are bounded by the data: a 2×3×8×8 input is one small block, so
+    a 1 MiB memory limit admits it (the plan once reserved 4.9 MiB of blocks for it)."""
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    plan = ib.plan_conv(x.shape, w.shape, padding=1, method="winograd")
+    assert plan.forward.passes[0].scratch_bytes < 2**18
+    with ib.memory_limit(2**20):
+        y = ib.conv(x, w, padding=1, method="winograd")
+    np.testing.assert_allclose(y, ib.conv(x, w, padding=1, method="im2col"), rtol=1e-5)
