@@ -25,6 +25,7 @@ Each function validates its arguments once (:mod:`im2colbp.calls`), asks
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from .geometry import (
     size_culprit,
 )
 from .memory import check_allocation, format_bytes, get_memory_limit
-from .plan import ConvPlan, Step, make_plan, plan_context
+from .plan import ConvPlan, Step, make_plan, plan_context, replan
 
 __all__ = [
     "ConvGrads",
@@ -269,12 +270,30 @@ def _sum_bias(dy_batched: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _backward_plan(ctx: ConvContext, dtype: np.dtype) -> ConvPlan:
-    """The context's plan, or the same choices re-sized for a wider δ dtype."""
+    """The context's plan, or the same choices re-sized for a wider δ dtype.
+
+    The re-plan replays the forward's :func:`~im2colbp.plan.forced` choices; should
+    its weight-gradient route still not read what the context kept, the forward's
+    own steps run in the wider dtype (their chunks sized for the narrower one).
+    """
     plan = ctx.plan
     if dtype == plan.dtype:
         return plan
-    return make_plan(plan.geometry, dtype, method=plan.method, transposed=plan.transposed,
-                     has_bias=plan.has_bias, keep_for_backward=False)
+    wider = replan(plan, dtype)
+    if _reads_what_was_kept(wider, ctx):
+        return wider
+    return dataclasses.replace(plan, dtype=dtype)
+
+
+def _reads_what_was_kept(plan: ConvPlan, ctx: ConvContext) -> bool:
+    """Whether ``plan``'s weight gradient can run on what ``ctx`` holds."""
+    step = plan.weight_gradient
+    route, first = step.route.choice, step.passes[0]
+    if isinstance(ctx.columns, engine.KeptColumns):
+        return route == "im2col" and (first.wide is not None) == ctx.columns.wide
+    if isinstance(ctx.columns, engine.DepthwiseKept):
+        return route == "direct"
+    return ctx.x is not None or plan.transposed
 
 
 def _delta(dy: ArrayLike, ctx: ConvContext, expected: Tuple[int, ...]) -> Tuple[np.ndarray,

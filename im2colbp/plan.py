@@ -30,6 +30,7 @@ than input channels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from contextlib import contextmanager
@@ -269,6 +270,9 @@ class ConvPlan:
     weight_gradient: Step
     keep_columns: Decision
     workspace_limit: int
+    #: the :func:`forced` choices in force when the plan was made (a backward that
+    #: re-plans for a wider δ replays them, so that its routes match the context's)
+    forced_choices: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def steps(self) -> Tuple[Step, Step, Step]:
@@ -685,6 +689,22 @@ def make_plan(geometry: ConvGeometry, dtype: np.dtype, *, method: str = "auto",
                         (_forced.get(), get_thread_limit()))
 
 
+def replan(plan: ConvPlan, dtype: DTypeLike) -> ConvPlan:
+    """``plan``'s decisions for another compute dtype (a backward whose δ is wider).
+
+    The plan is made again under the :func:`forced` choices that were in force for
+    ``plan`` (not those in force now), with nothing kept, so that its routes and
+    layouts read what ``plan``'s forward kept.
+    """
+    token = _forced.set(plan.forced_choices)
+    try:
+        return make_plan(plan.geometry, np.dtype(dtype), method=plan.method,
+                         transposed=plan.transposed,
+                         has_bias=plan.has_bias, keep_for_backward=False)
+    finally:
+        _forced.reset(token)
+
+
 def plan_context() -> Tuple[int, Tuple[Tuple[str, str], ...], int]:
     """What a plan depends on besides its arguments: the workspace limit in force,
     the :func:`forced` choices and the thread limit (part of every cache key of plans)."""
@@ -699,10 +719,16 @@ PLAN_CACHE_SIZE = 256
 def _cached_plan(geometry: ConvGeometry, dtype: np.dtype, method: str, transposed: bool,
                  has_bias: bool, keep_for_backward: bool, limit: int,
                  context: Tuple[Tuple[Tuple[str, str], ...], int]) -> ConvPlan:
-    """make_plan's work; ``context`` (the forced choices and the thread limit, which
-    Winograd's scratch depends on) is part of the cache key only: both are read
-    again through their context variables."""
-    del context
+    """make_plan's work, cached; ``context`` (the forced choices and the thread limit,
+    which Winograd's scratch depends on) is part of the key: both are read again
+    through their context variables, and the plan records the forced choices."""
+    return dataclasses.replace(
+        _plan_of(geometry, dtype, method, transposed, has_bias, keep_for_backward, limit),
+        forced_choices=context[0])
+
+
+def _plan_of(geometry: ConvGeometry, dtype: np.dtype, method: str, transposed: bool,
+             has_bias: bool, keep_for_backward: bool, limit: int) -> ConvPlan:
     _check_serves(method, geometry)
     if method == "winograd":
         return _winograd_plan(geometry, dtype, transposed, has_bias, limit)

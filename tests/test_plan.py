@@ -590,3 +590,40 @@ def test_huge_kernel_plans_no_absurd_transposition():
     plan = ib.plan_conv((1, 1, 10**6), (1, 1, 10**6), dtype=np.float64)
     assert plan.input_gradient.route.choice == "col2im"
     assert "twice" in plan.input_gradient.route.reason
+
+
+@pytest.mark.parametrize("choices", [dict(layout="plain"), dict(layout="wide"),
+                                     dict(adjoint="col2im")])
+def test_a_wider_delta_replans_with_the_forwards_choices(choices):
+    """Backward in float64 after a float32 forward re-plans; the forward kept the direct
+    path's loaded input (no copy of x), so the re-plan must take the forward's route even
+    when other choices are forced at backward time."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 24)).astype(np.float32)
+    w = rng.standard_normal((4, 1, 3)).astype(np.float32)
+    y, ctx = ib.conv_forward(x, w, None, 1, 1, 1, 4)
+    assert ctx.plan.weight_gradient.route.choice == "direct"
+    dy = rng.standard_normal(y.shape)  # float64
+    with forced(**choices):
+        grads = ib.conv_backward(dy, ctx)
+    assert grads.weight.dtype == np.float64
+    assert_close(grads.weight, reference.conv_grad_weight(dy, x.astype(float), w.shape,
+                                                          padding=1, groups=4),
+                 np.float32, scale=10.0)
+
+
+def test_a_wider_delta_after_a_forced_forward_reads_the_kept_columns():
+    """A 1×1 forward forced to the plain layout keeps plain columns; a float64 backward
+    outside ``forced`` replays the forward's choice instead of taking the identity layout."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    with forced(layout="plain"):
+        y, ctx = ib.conv_forward(x, w)
+    assert ctx.plan.keep_columns.choice and ctx.plan.forced_choices == (("layout", "plain"),)
+    dy = rng.standard_normal(y.shape)
+    grads = ib.conv_backward(dy, ctx)
+    assert_close(grads.weight, reference.conv_grad_weight(dy, x.astype(float), w.shape),
+                 np.float32, scale=10.0)
+    assert_close(grads.input, reference.conv_grad_input(dy, w.astype(float), x.shape),
+                 np.float32, scale=10.0)
