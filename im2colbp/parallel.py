@@ -157,15 +157,30 @@ _inside = threading.local()
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """The shared pool, with at least ``workers`` threads (new after a fork)."""
+    """The shared pool, with at least ``workers`` threads (a new one after a fork).
+
+    A pool is never shut down while in use: when a caller needs more threads, a
+    larger pool replaces it for later callers, and the old one, still serving the
+    callers that hold it, lets its threads go once nothing refers to it.
+    """
     global _pool, _pool_size, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
-            if _pool is not None and _pool_pid == os.getpid():
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="im2colbp")
-            _pool_size, _pool_pid = workers, os.getpid()
+            _pool = ThreadPoolExecutor(max_workers=max(workers, _pool_size),
+                                       thread_name_prefix="im2colbp")
+            _pool_size, _pool_pid = max(workers, _pool_size), os.getpid()
         return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    """In a forked child the parent's pool threads do not exist and its lock may be held."""
+    global _pool_lock, _pool, _pool_size
+    _pool_lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _run_marked(function: Callable[[slice], None], part: slice) -> None:
@@ -236,14 +251,20 @@ def parallel_for(function: Callable[[slice], None], total: int, work_bytes: int)
         return
     parts = _split(total, pieces)
     pool = _executor(pieces - 1)
-    futures: List[Future] = [
-        pool.submit(contextvars.copy_context().run, _run_in_worker, function, part)
-        for part in parts[1:]]
+    futures: List[Future] = []
+    inline = [parts[0]]
+    for part in parts[1:]:
+        try:
+            futures.append(pool.submit(contextvars.copy_context().run, _run_in_worker,
+                                       function, part))
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            inline.append(part)
     error: Optional[BaseException] = None
-    try:
-        _run_marked(function, parts[0])
-    except BaseException as exc:  # noqa: BLE001 - re-raised after the other parts end
-        error = exc
+    for part in inline:
+        try:
+            _run_marked(function, part)
+        except BaseException as exc:  # noqa: BLE001 - re-raised after the other parts end
+            error = error or exc
     for future in futures:
         try:
             future.result()

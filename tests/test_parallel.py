@@ -101,3 +101,34 @@ def test_pool_threads_keep_no_scratch_between_calls():
     assert all(nbytes >= 8000 for _, nbytes in held)  # each part had its buffer
     assert [nbytes for ident, nbytes in idents if ident != caller] == [0]  # pool: freed
     ib.release_scratch()
+
+
+def test_a_pool_handed_out_is_never_shut_down(monkeypatch):
+    """A caller that needs a larger pool must not shut down the one another caller holds
+    (concurrent calls with different thread limits failed with 'cannot schedule new
+    futures after shutdown')."""
+    monkeypatch.setattr(parallel, "_pool", None)
+    monkeypatch.setattr(parallel, "_pool_size", 0)
+    held = parallel._executor(1)        # one caller's pool, about to submit
+    larger = parallel._executor(4)      # another caller needs more threads
+    assert larger is not held and parallel._executor(2) is larger
+    assert held.submit(lambda: 42).result(timeout=10) == 42
+
+
+def test_a_forked_child_gets_a_pool_of_its_own():
+    import multiprocessing
+
+    parallel_for(lambda part: None, 2, 10**9)  # the parent has a pool
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply(_fill_in_threads) == 4000
+
+
+def _fill_in_threads():
+    out = np.zeros(4000)
+
+    def fill(part):
+        out[part] = 1.0
+    with ib.thread_limit(2):
+        parallel_for(fill, out.size, 10**9)
+    return int(out.sum())
