@@ -539,7 +539,7 @@ def conv(
                              groups=geometry.groups, limit=ib.get_workspace_limit(),
                              method=method)
     chunks = (xb.chunks[0], (geometry.out_channels,)) + tuple(map(_lengths, out_ranges))
-    token = tokenize(xb, w, b, geometry)
+    token = tokenize(xb, w, b, geometry, method, ib.get_workspace_limit())
     y = _graph(f"conv-{token}", task, [reads], chunks, dtype, [w, b])
     return _unbatched(y, geometry)
 
@@ -606,7 +606,7 @@ def conv_grad_input(
     _check_method(method, geometry)
     dtype = np.result_type(_float_dtype(dy, "dy"), w_dtype)
     w = _small(weight, "weight", dtype)
-    token = tokenize(dy, w, geometry)
+    token = tokenize(dy, w, geometry, method, ib.get_workspace_limit())
     dx = _input_gradient(_batched(dy, geometry), w, geometry, dtype, token, method)
     return _unbatched(dx, geometry)
 
@@ -672,7 +672,7 @@ def conv_grad_weight(
         dilation=window.dilation, groups=geometry.groups, limit=ib.get_workspace_limit(),
         method=method,
     )
-    token = tokenize(dyb, xb, geometry)
+    token = tokenize(dyb, xb, geometry, method, ib.get_workspace_limit())
     return _partials(f"conv-grad-weight-{token}", task, [dy_reads, x_reads],
                      geometry.weight_shape, dtype)
 
@@ -762,7 +762,7 @@ def conv_transpose(
                                    "bias"))
     dtype = np.result_type(*dtypes)
     w = _small(weight, "weight", dtype)
-    token = tokenize(x, w, geometry)
+    token = tokenize(x, w, geometry, method, ib.get_workspace_limit())
     y = _input_gradient(_batched(x, geometry), w, geometry, dtype, token, method)
     if bias is not None:
         b = _small(bias, "bias", dtype)

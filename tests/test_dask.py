@@ -411,3 +411,27 @@ def test_a_method_that_cannot_serve_is_refused_before_any_task():
         ibd.conv(xd, np.ones((2, 2, 5, 5)), method="winograd")
     with pytest.raises(ValueError, match="method must be one of"):
         ibd.conv_grad_weight(xd, xd, (2, 2, 1, 1), method="fast")
+
+
+def test_graphs_of_different_methods_or_limits_have_different_names():
+    """Two methods (or workspace limits) in one graph must not share task keys: one's
+    results would silently stand in for the other's."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xd = da.from_array(x, chunks=(1, 3, 6, 6))
+    dyd = da.ones((2, 4, 12, 12), chunks=(1, 4, 6, 6), dtype=np.float32)
+    lowered = ibd.conv(xd, w, None, 1, 1, method="im2col")
+    winograd = ibd.conv(xd, w, None, 1, 1, method="winograd")
+    assert lowered.name != winograd.name
+    with ib.workspace_limit(2**16):
+        small = ibd.conv(xd, w, None, 1, 1, method="im2col")
+    assert small.name != lowered.name
+    for function, args in ((ibd.conv_grad_input, (dyd, w, x.shape)),
+                           (ibd.conv_grad_weight, (dyd, xd, w.shape)),
+                           (ibd.conv_transpose, (dyd, np.ones((4, 3, 3, 3), np.float32), None))):
+        names = {function(*args, 1, 1, method=m).name for m in ("im2col", "winograd")}
+        assert len(names) == 2, function.__name__
+    both = (lowered - winograd).compute()
+    np.testing.assert_allclose(both, (lowered.compute() - winograd.compute()), atol=0)
+    assert np.abs(both).max() > 0  # float32 rounding differs: the graph computed both
