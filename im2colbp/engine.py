@@ -595,7 +595,9 @@ def adjoint(step: Step, dtype: np.dtype, weight: np.ndarray, delta: np.ndarray) 
     forward = fallback.geometry  # the convolution whose input gradient this is
     kernel = backprop_kernel(weight, forward.groups)  # (C_in, C_out/G, *K), flipped
     if route == "winograd":
-        return _winograd_forward(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype))
+        dx = _winograd_or_none(_winograd_forward, p, dtype, delta,
+                               np.ascontiguousarray(kernel, dtype=dtype))
+        return dx if dx is not None else _col2im(fallback, dtype, weight, delta, "col2im")
     out = np.empty((forward.batch, forward.in_channels) + forward.window.in_size, dtype)
     dx, _ = _product(p, dtype, delta, np.ascontiguousarray(kernel, dtype=dtype), out=out,
                      route=route)
@@ -634,7 +636,10 @@ def forward(step: Step, dtype: np.dtype, source: np.ndarray, weight: np.ndarray,
         raise RuntimeError(f"unknown forward route {route!r}")
     if not (_all_finite(source) and _all_finite(weight)):
         return _product(step.fallback, dtype, source, weight, keep=keep)
-    return _winograd_forward(step.passes[0], dtype, source, weight), None
+    y = _winograd_or_none(_winograd_forward, step.passes[0], dtype, source, weight)
+    if y is None:
+        return _product(step.fallback, dtype, source, weight, keep=keep)
+    return y, None
 
 
 def weight_gradient(step: Step, dtype: np.dtype, source: Optional[np.ndarray],
@@ -653,7 +658,23 @@ def weight_gradient(step: Step, dtype: np.dtype, source: Optional[np.ndarray],
         raise RuntimeError(f"unknown weight-gradient route {route!r} or no source")
     if not (_all_finite(source) and _all_finite(delta)):
         return _weight_gradient(step.fallback, dtype, source, delta, kept)
-    return _winograd_weight_gradient(step.passes[0], dtype, source, delta)
+    dw = _winograd_or_none(_winograd_weight_gradient, step.passes[0], dtype, source, delta)
+    if dw is None:
+        return _weight_gradient(step.fallback, dtype, source, delta, kept)
+    return dw
+
+
+def _winograd_or_none(winograd_pass, p: PassPlan, dtype: np.dtype, *operands: np.ndarray
+                      ) -> Optional[np.ndarray]:
+    """A Winograd pass on finite operands, or None if its result is not finite.
+
+    The transforms scale values by up to 14 per axis (Bᵀ's row sums) and 8 (Aᵀ),
+    so operands near the dtype's largest value can overflow inside them where the
+    lowering's sums do not: the caller then runs the lowering instead.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = winograd_pass(p, dtype, *operands)
+    return result if _all_finite(result) else None
 
 
 @_scoped

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import im2colbp as ib
 from im2colbp import reference as ref
 from im2colbp import winograd as wg
+from im2colbp.engine import record_passes
 from im2colbp.geometry import ConvGeometry, conv_geometry
 from im2colbp.kernels import backprop_kernel
 from im2colbp.lowering import unpad_add
@@ -454,3 +455,60 @@ def test_a_small_call_is_not_refused_for_buffers_it_would_never_use():
     with ib.memory_limit(2**20):
         y = ib.conv(x, w, padding=1, method="winograd")
     np.testing.assert_allclose(y, ib.conv(x, w, padding=1, method="im2col"), rtol=1e-5)
+
+
+@pytest.mark.parametrize("operation", ["forward", "input", "weight"])
+def test_large_finite_operands_that_overflow_the_transforms_fall_back(operation):
+    """Finite float32 values near the largest float32 overflow inside Winograd's
+    transforms where the lowering's sums stay finite: the result is the lowering's."""
+    rng = np.random.default_rng(3)
+    x = (3e36 * rng.standard_normal((1, 16, 8, 8))).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = (3e36 * rng.standard_normal((1, 16, 8, 8))).astype(np.float32)
+    with record_passes() as passes:
+        if operation == "forward":
+            got = ib.conv(x, w, padding=1, method="winograd")
+            want = ib.conv(x, w, padding=1, method="im2col")
+        elif operation == "input":
+            got = ib.conv_grad_input(dy, w, x.shape, padding=1, method="winograd")
+            want = ib.conv_grad_input(dy, w, x.shape, padding=1, method="im2col")
+        else:
+            dy = dy / 3e37  # dW sums N·∏O products x·δ: keep the exact sum finite
+            got = ib.conv_grad_weight(dy, x, w.shape, padding=1, method="winograd")
+            want = ib.conv_grad_weight(dy, x, w.shape, padding=1, method="im2col")
+    assert np.isfinite(want).all()
+    np.testing.assert_array_equal(got, want)
+    assert "winograd" in {route for _, route, _, _ in passes}  # it was tried first
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_planned_scratch_bounds_what_the_passes_allocate(threads):
+    """Many channels on a small image: the weight transforms' float64 temporaries dominate.
+    The plan must count them (a call was admitted under a memory limit it then exceeded
+    twice over), and must not count per-thread partials for threads that cannot run."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 128, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((1, 128, 4, 4)).astype(np.float32)
+    calls = [
+        (lambda: ib.conv(x, w, padding=1, method="winograd"), "forward"),
+        (lambda: ib.conv_grad_input(dy, w, x.shape, padding=1, method="winograd"),
+         "input_gradient"),
+        (lambda: ib.conv_grad_weight(dy, x, w.shape, padding=1, method="winograd"),
+         "weight_gradient"),
+    ]
+    with ib.thread_limit(threads):
+        plan = ib.plan_conv(x.shape, w.shape, padding=1, method="winograd")
+        for call, step in calls:
+            planned = getattr(plan, step).scratch_bytes
+            ib.release_scratch()
+            tracemalloc.start()
+            try:
+                result = call()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak - result.nbytes <= planned + 2**17, (step, peak, planned)
+            assert planned <= 4 * (peak - result.nbytes), (step, peak, planned)
