@@ -52,8 +52,8 @@ gradient (about x's size, not ∏K times it), which then needs no x at all
 
 The layout copies between the GEMMs (loading the padded tiles, gathering the
 phases' products into y, δ into the phases) are NumPy copies with short inner
-rows (a tile is ~14 wide), written per slab of channels. They run as one slab
-in the calling thread: split over two threads on an idle 2-core machine, the
+rows (a tile is ~14 wide). They run in the calling thread: split over two
+threads of channel slabs on an idle 2-core machine, the
 depthwise benchmark's forward + backward went from 8.8 ms to 13.3 ms (OpenBLAS's
 threads, woken by the GEMMs between the copies, spin on the core the second
 copy thread needs).
@@ -334,27 +334,12 @@ def _load(source: np.ndarray, window: WindowGeometry, bands: _Bands, dtype: np.d
     samples = n * bands.tiles
     if flat is None:
         flat = scratch(name, (channels, samples * bands.region + bands.slack()), dtype)
-    target = flat
-
-    def part(ch: slice) -> None:
-        with scratch_scope():
-            _load_channels(source[:, ch], window, bands, dtype, target[ch])
-
-    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
-    return flat
-
-
-def _load_channels(source: np.ndarray, window: WindowGeometry, bands: _Bands,
-                   dtype: np.dtype, flat: np.ndarray) -> None:
-    """:func:`_load` of one slab of channels: ``source`` (n, c, *I), ``flat`` (c, ...)."""
-    n, channels = source.shape[:2]
-    samples = n * bands.tiles
     regions = flat[:, :samples * bands.region].reshape(channels, samples, bands.region)
     flat[:, samples * bands.region:] = 0
     if bands.tiles == 1:
         regions[:, :, math.prod(window.padded_size):] = 0
         pad_into(source.swapaxes(0, 1), window, _padded_view(flat, window, bands, n))
-        return
+        return flat
     p_h, p_w = window.padded_size
     data = p_h * bands.width
     regions[:, :, data:] = 0
@@ -379,13 +364,14 @@ def _load_channels(source: np.ndarray, window: WindowGeometry, bands: _Bands,
             inner[..., :start - first] = 0
             inner[..., stop - first:] = 0
             inner[..., start - first:stop - first] = rows[..., start - left:stop - left]
-        return
+        return flat
     padded = scratch("depthwise_extended", (channels, n, p_h, max(bands.extended, p_w)), dtype)
     padded[..., p_w:] = 0
     pad_into(source.swapaxes(0, 1), window, padded[..., :p_w])
     windows = np.lib.stride_tricks.sliding_window_view(padded, bands.width, axis=-1)
     tiles = windows[..., ::core, :][..., :bands.tiles, :]  # (C, n, P_h, tiles, width)
     target[...] = tiles.transpose(0, 1, 3, 2, 4)
+    return flat
 
 
 def _unload(flat: np.ndarray, window: WindowGeometry, bands: _Bands, n: int,
@@ -442,15 +428,11 @@ def _staged_part(rows: np.ndarray, window: WindowGeometry) -> np.ndarray:
 def _gather(gemm: np.ndarray, bands: _Bands, target: np.ndarray) -> None:
     """The phases' ``gemm`` (Q, C, n·tiles·slots, M·T) into ``target`` (n, C, M, J, tiles, T)."""
     n, channels, multiplier = target.shape[:3]
-
-    def part(ch: slice) -> None:
-        for phase in range(bands.phases):
-            count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
-            source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                         bands.outputs)[ch, :, :, :count]
-            target[:, ch, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
-
-    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
+    for phase in range(bands.phases):
+        count = len(range(phase, bands.rows, bands.phases))  # rows j = slot·Q + phase
+        source = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                     bands.outputs)[:, :, :, :count]
+        target[:, :, :, phase::bands.phases] = source.transpose(1, 0, 4, 3, 2, 5)
 
 
 def _output(gemm: np.ndarray, window: WindowGeometry, bands: _Bands, channels: int,
@@ -473,16 +455,12 @@ def _delta_phases(delta: np.ndarray, window: WindowGeometry, bands: _Bands,
         rows[...] = 0
         _staged_part(rows, window)[...] = delta
 
-    def part(ch: slice) -> None:
-        for phase in range(bands.phases):
-            count = len(range(phase, bands.rows, bands.phases))
-            target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
-                                         bands.outputs)[ch]
-            target[:, :, :, :count] = rows[:, ch, :, phase::bands.phases].transpose(
-                1, 0, 4, 3, 2, 5)
-            target[:, :, :, count:] = 0
-
-    part(slice(0, channels))  # one slab: in threads, measured slower (see above)
+    for phase in range(bands.phases):
+        count = len(range(phase, bands.rows, bands.phases))
+        target = gemm[phase].reshape(channels, n, bands.tiles, bands.slots, multiplier,
+                                     bands.outputs)
+        target[:, :, :, :count] = rows[:, :, :, phase::bands.phases].transpose(1, 0, 4, 3, 2, 5)
+        target[:, :, :, count:] = 0
     return gemm
 
 
