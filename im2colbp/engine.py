@@ -109,9 +109,11 @@ class _Columns:
         self.positions = (self.layout.wide_positions if self.layout is not None
                           else self.window.out_volume)  # L_s
 
-    def buffer(self, n: int) -> np.ndarray:
-        """The chunk's column scratch, (C_in, prod(K), n, L_s)."""
-        return scratch("columns", (self.channels, self.window.kernel_volume, n, self.positions),
+    def buffer(self, n: int, positions: Optional[int] = None) -> np.ndarray:
+        """The chunk's column scratch, (C_in, prod(K), n, L_s), or for a block of one
+        sample's ``positions`` (C_in, prod(K), n, positions)."""
+        width = self.positions if positions is None else positions
+        return scratch("columns", (self.channels, self.window.kernel_volume, n, width),
                        self.dtype)
 
     def per_sample_view(self, cols: np.ndarray) -> np.ndarray:
@@ -520,8 +522,7 @@ def _product_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype, source: 
     y_groups = y_gemm.reshape(groups, filters_g, positions)
     for block in _position_blocks(p, positions):
         width = block.stop - block.start
-        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
-                       dtype)
+        cols = columns.buffer(1, width)
         columns.gather(rows, block, cols)
         np.matmul(w_groups, cols.reshape(groups, rows_g, width), out=y_groups[:, :, block])
     columns.copy_from_gemm(y_gemm, y_part)
@@ -537,8 +538,7 @@ def _weight_gradient_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype,
     rows = columns.stage(source)
     for block in _position_blocks(p, positions):
         width = block.stop - block.start
-        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
-                       dtype)
+        cols = columns.buffer(1, width)
         columns.gather(rows, block, cols)
         if clean:  # inf/nan read at garbage positions must not meet δ = 0 there
             cols[..., columns.garbage_in(block)] = 0
@@ -556,8 +556,7 @@ def _col2im_by_blocks(p: PassPlan, columns: _Columns, dtype: np.dtype, w_groups_
     rows = columns.zero_rows(1)
     for block in _position_blocks(p, positions):
         width = block.stop - block.start
-        cols = scratch("columns", (columns.channels, columns.window.kernel_volume, 1, width),
-                       dtype)
+        cols = columns.buffer(1, width)
         cols_g = cols.reshape(groups, rows_g, width)
         if filters_g == 1:
             np.multiply(w_groups_t, delta_g[:, :, block], out=cols_g)
