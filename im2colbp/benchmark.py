@@ -59,7 +59,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple,
 import numpy as np
 
 __all__ = ["CONFIGS", "CONTENDERS", "Config", "Report", "run_suite", "format_report",
-           "report_to_json", "format_ms", "simd_level", "main", "add_arguments", "run"]
+           "report_to_json", "format_ms", "simd_level", "peak_rss", "main", "add_arguments",
+           "run"]
 
 
 # --------------------------------------------------------------------------
@@ -492,6 +493,29 @@ def _gemm_peak(dtype: np.dtype, n: int = _PEAK_GEMM_SIZE) -> float:
         np.matmul(a, a, out=c)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best
+
+
+def peak_rss(reset: bool = False) -> int:
+    """Peak resident memory of this process, in bytes: Linux's ``VmHWM`` (which, unlike
+    ``ru_maxrss``, is not inherited from the parent across exec); ``reset`` starts a new
+    peak from the current size (``/proc/self/clear_refs``). Elsewhere: the rusage peak,
+    never reset. (The Dask scripts run it on every worker.)
+
+    Examples
+    --------
+    >>> peak_rss() > 0
+    True
+    """
+    peak = _status_kib("VmHWM")
+    if peak is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if reset:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")
+        except OSError:
+            pass
+    return peak * 1024
 
 
 def _status_kib(key: str) -> Optional[int]:

@@ -45,17 +45,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     raise SystemExit("this example needs the dask extra: pip install 'im2colbp[dask]'") from None
 
 import im2colbp.dask as ibd
-
-
-def peak_rss(reset: bool = False) -> int:
-    """Peak resident memory of this process (``VmHWM``); ``reset`` starts a new peak."""
-    with open("/proc/self/status") as status:
-        fields = dict(line.split(":", 1) for line in status)
-    peak = int(fields["VmHWM"].split()[0]) * 1024
-    if reset:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    return peak
+from im2colbp.benchmark import peak_rss
 
 
 def workloads(scale: float) -> Dict[str, Dict[str, Any]]:

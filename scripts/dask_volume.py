@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -53,6 +52,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 import im2colbp as ib
 import im2colbp.dask as ibd
+from im2colbp.benchmark import peak_rss
 
 
 class NpyFile:
@@ -114,22 +114,6 @@ def create(path: str, shape: Tuple[int, ...], dtype: Any, seed: int = 0) -> NpyF
     array.flush()
     del array
     return NpyFile(path)
-
-
-def peak_rss(reset: bool = False) -> int:
-    """Peak resident memory of this process, in bytes: Linux's ``VmHWM`` (which, unlike
-    ``ru_maxrss``, is not inherited from the parent across exec); ``reset`` starts a new
-    peak from the current size (``/proc/self/clear_refs``)."""
-    try:
-        with open("/proc/self/status") as status:
-            fields = dict(line.split(":", 1) for line in status)
-        peak = int(fields["VmHWM"].split()[0]) * 1024
-        if reset:
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")
-        return peak
-    except (OSError, KeyError, ValueError):  # not Linux: the rusage peak, never reset
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peaks_by_worker(client: Any, reset: bool = False) -> dict:
