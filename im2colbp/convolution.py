@@ -261,10 +261,6 @@ def _add_bias(y: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
 
 def _sum_bias(dy_batched: np.ndarray, dtype: np.dtype) -> np.ndarray:
     # accumulate in float64: a float32 running sum over N·∏O terms loses digits
-    n, channels = dy_batched.shape[:2]
-    if n == 1 and dy_batched.size and dy_batched.flags.c_contiguous:
-        # one sample: a contiguous row per channel
-        return dy_batched.reshape(channels, -1).sum(axis=1, dtype=np.float64).astype(dtype)
     axes = (0,) + tuple(range(2, dy_batched.ndim))
     return dy_batched.sum(axis=axes, dtype=np.float64).astype(dtype)
 

@@ -322,7 +322,7 @@ def test_scratch_scope_nests_and_survives_exceptions():
 
 
 # --------------------------------------------------------------------------
-# the bias sum's fast path
+# the bias sum
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda a: a, lambda a: a[:, :, ::2], lambda a: a[:1]])
 def test_bias_gradient_paths_agree_with_a_float64_sum(rng, make):
