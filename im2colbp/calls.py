@@ -216,7 +216,7 @@ def known_forward_call(geometry: ConvGeometry, dtype: np.dtype, x: np.ndarray,
     weight_contiguous = weight
     if weight.dtype != dtype or not weight.flags.c_contiguous:
         weight_contiguous = _contiguous_weight(weight, dtype)
-    return ForwardCall(geometry, dtype, x if geometry.batched else x[None], weight_contiguous,
+    return ForwardCall(geometry, dtype, batched(x, geometry), weight_contiguous,
                        bias, x_private=False,
                        weight_private=is_private(weight_contiguous, weight))
 
