@@ -25,7 +25,6 @@ Each function validates its arguments once (:mod:`im2colbp.calls`), asks
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from dataclasses import dataclass
@@ -266,30 +265,13 @@ def _sum_bias(dy_batched: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _backward_plan(ctx: ConvContext, dtype: np.dtype) -> ConvPlan:
-    """The context's plan, or the same choices re-sized for a wider δ dtype.
-
-    The re-plan replays the forward's :func:`~im2colbp.plan.forced` choices; should
-    its weight-gradient route still not read what the context kept, the forward's
-    own steps run in the wider dtype (their chunks sized for the narrower one).
-    """
+    """The context's plan, or the same choices re-sized for a wider δ dtype (made under
+    the forward's :func:`~im2colbp.plan.forced` choices, so that its routes and layouts
+    read what the forward kept)."""
     plan = ctx.plan
     if dtype == plan.dtype:
         return plan
-    wider = replan(plan, dtype)
-    if _reads_what_was_kept(wider, ctx):
-        return wider
-    return dataclasses.replace(plan, dtype=dtype)
-
-
-def _reads_what_was_kept(plan: ConvPlan, ctx: ConvContext) -> bool:
-    """Whether ``plan``'s weight gradient can run on what ``ctx`` holds."""
-    step = plan.weight_gradient
-    route, first = step.route.choice, step.passes[0]
-    if isinstance(ctx.columns, engine.KeptColumns):
-        return route == "im2col" and (first.wide is not None) == ctx.columns.wide
-    if isinstance(ctx.columns, engine.DepthwiseKept):
-        return route == "direct"
-    return ctx.x is not None or plan.transposed
+    return replan(plan, dtype)
 
 
 def _delta(dy: ArrayLike, ctx: ConvContext, expected: Tuple[int, ...]) -> Tuple[np.ndarray,
